@@ -1,0 +1,73 @@
+"""Typed settings for every KitBooth process.
+
+Built once in an entry point (``load_settings()``) and passed down; nothing deeper reads ``os.environ``.
+Every field maps to an environment variable ``KITBOOTH_<FIELD>`` and may also come from a ``.env`` file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KITBOOTH_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # --- shared ---
+    data_dir: Path = Field(Path("data"), description="Root for the database and the local artifact store.")
+    database_path: Path | None = Field(None, description="SQLite file; default <data_dir>/kitbooth.db.")
+    artifact_dir: Path | None = Field(None, description="Local artifact store root; default <data_dir>/artifacts.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis DSN for the arq queue and events.")
+    queue_name: str = Field("kitbooth:queue", description="arq queue name shared by bot and workers.")
+    events_stream: str = Field("kitbooth:events", description="Redis stream the worker writes events to.")
+    log_level: str = Field("INFO", description="Logging level of the entry points.")
+
+    # --- bot ---
+    discord_token: SecretStr | None = Field(None, description="Bot token from the Discord developer portal.")
+    dev_guild_id: int | None = Field(None, description="Sync slash commands to this guild only (instant).")
+    daily_quota: int = Field(50, ge=0, description="Default images per user per day (guilds may override).")
+    max_upload_bytes: int = Field(10_000_000, ge=1, description="Largest photo or concept file accepted.")
+
+    # --- worker ---
+    base_model: str = Field(DEFAULT_BASE_MODEL, description="Hub id, local diffusers folder or .safetensors.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Torch device of the worker.")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="Weights dtype; auto = fp16 on CUDA, fp32 on CPU."
+    )
+    max_batch: int = Field(4, ge=1, le=16, description="Most generate requests run in one pipeline call.")
+    slice_seconds: float = Field(20.0, gt=0, description="Longest training slice before yielding the GPU.")
+    poll_delay: float = Field(0.01, gt=0, description="arq worker poll delay in seconds.")
+    safety_checker: bool = Field(True, description="Run the SD safety checker on generated images.")
+    safety_checker_model: str | None = Field(
+        None, description="Hub id or folder of the safety checker; default: the base model's own."
+    )
+    upscaler_model: str | None = Field(
+        None, description="Optional x2 latent upscaler, e.g. stabilityai/sd-x2-latent-upscaler."
+    )
+    metrics_port: int | None = Field(None, description="Serve Prometheus metrics on this port when set.")
+    offline: bool = Field(False, description="Never touch the network for models (HF_HUB_OFFLINE).")
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        return v.upper()
+
+    @property
+    def db_path(self) -> Path:
+        return self.database_path or self.data_dir / "kitbooth.db"
+
+    @property
+    def artifacts_path(self) -> Path:
+        return self.artifact_dir or self.data_dir / "artifacts"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The one place settings are read from the environment and ``.env``."""
+    return Settings(**overrides)

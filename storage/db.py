@@ -1,0 +1,97 @@
+"""SQLite access: one aiosqlite connection in WAL mode with foreign keys on, and numbered migrations.
+
+Migrations are ``storage/migrations/NNNN_name.sql``; ``PRAGMA user_version`` records the last one applied.
+Each migration runs in its own transaction together with the version bump, so a failing migration leaves
+the database at the previous version.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import aiosqlite
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("storage.migrations").iterdir():
+        m = _NAME.match(entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), entry.name, entry.read_text("utf-8")))
+    found.sort(key=lambda mig: mig.version)
+    versions = [mig.version for mig in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..N without gaps, found {versions}")
+    return found
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a script into statements with SQLite's own tokenizer (comments and strings may hold ';')."""
+    out, buf = [], ""
+    for line in sql.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip() for ln in buf.splitlines()):
+        raise ValueError(f"incomplete SQL statement at the end of a migration: {buf.strip()[:80]!r}")
+    return out
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Apply pending migrations; return the resulting schema version. Idempotent."""
+    migrations = load_migrations()
+    async with conn.execute("PRAGMA user_version") as cur:
+        (current,) = await cur.fetchone()
+    for mig in migrations:
+        if mig.version <= current:
+            continue
+        log.info("applying migration %s", mig.name)
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _statements(mig.sql):
+                await conn.execute(stmt)
+            await conn.execute(f"PRAGMA user_version = {mig.version}")
+            await conn.commit()
+        except Exception:
+            await conn.rollback()
+            raise
+        current = mig.version
+    return current
+
+
+async def connect(path: str | Path, *, apply_migrations: bool = True) -> aiosqlite.Connection:
+    """Open the database with the project's pragmas (and migrate it)."""
+    if str(path) != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # isolation_level=None: we manage transactions explicitly (BEGIN ... COMMIT).
+    conn = await aiosqlite.connect(str(path), isolation_level=None, timeout=30)
+    conn.row_factory = aiosqlite.Row
+    await conn.execute("PRAGMA journal_mode = WAL")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    await conn.execute("PRAGMA busy_timeout = 30000")
+    await conn.execute("PRAGMA synchronous = NORMAL")
+    if apply_migrations:
+        try:
+            await migrate(conn)
+        except BaseException:
+            await conn.close()  # aiosqlite's thread would otherwise keep the process alive
+            raise
+    return conn

@@ -1,0 +1,63 @@
+"""Artifact key layout. Everything of one user lives under ``users/<id>/`` so ``/forget`` is one prefix delete.
+
+Guild-owned kit and style concepts live under ``guilds/<id>/``.
+"""
+
+from __future__ import annotations
+
+
+def _id(value: int | str) -> str:
+    s = str(int(value))  # ids are integers; refusing anything else keeps keys predictable
+    return s
+
+
+def user_prefix(user_id: int) -> str:
+    return f"users/{_id(user_id)}/"
+
+
+def guild_prefix(guild_id: int) -> str:
+    return f"guilds/{_id(guild_id)}/"
+
+
+def photo_key(user_id: int, concept_id: int, index: int) -> str:
+    return f"{user_prefix(user_id)}photos/{_id(concept_id)}/{index:02d}.png"
+
+
+def photos_prefix(user_id: int, concept_id: int) -> str:
+    return f"{user_prefix(user_id)}photos/{_id(concept_id)}/"
+
+
+def concept_key(user_id: int, concept_id: int) -> str:
+    return f"{user_prefix(user_id)}concepts/{_id(concept_id)}.safetensors"
+
+
+def checkpoint_prefix(user_id: int, concept_id: int) -> str:
+    return f"{user_prefix(user_id)}checkpoints/{_id(concept_id)}/"
+
+
+def output_key(user_id: int, job_id: int, index: int, ext: str = "png") -> str:
+    return f"{user_prefix(user_id)}outputs/{_id(job_id)}/{index}.{ext}"
+
+
+def outputs_prefix(user_id: int, job_id: int) -> str:
+    return f"{user_prefix(user_id)}outputs/{_id(job_id)}/"
+
+
+def guild_concept_key(guild_id: int, concept_id: int) -> str:
+    return f"{guild_prefix(guild_id)}concepts/{_id(concept_id)}.safetensors"
+
+
+def guild_photos_prefix(guild_id: int, concept_id: int) -> str:
+    return f"{guild_prefix(guild_id)}photos/{_id(concept_id)}/"
+
+
+def guild_photo_key(guild_id: int, concept_id: int, index: int) -> str:
+    return f"{guild_photos_prefix(guild_id, concept_id)}{index:02d}.png"
+
+
+def guild_checkpoint_prefix(guild_id: int, concept_id: int) -> str:
+    return f"{guild_prefix(guild_id)}checkpoints/{_id(concept_id)}/"
+
+
+def preview_key(guild_id: int, kit_id: int) -> str:
+    return f"{guild_prefix(guild_id)}previews/{_id(kit_id)}.png"
