@@ -18,8 +18,13 @@ from kitbooth.settings import load_settings
 
 # Modules that contribute subcommands; a later package adds its own line here.
 COMMAND_MODULES = [
-    "storage.cli",
-    "training.cli",
+    "storage.cli",  # migrate
+    "training.cli",  # make-tiny-model
+    "training.cli_train",  # train
+    "training.cli_tools",  # generate, inspect, convert, eval
+    "gpu_worker.cli",  # worker
+    "bot.cli",  # bot, up, doctor
+    "benchmarks.cli",  # bench
 ]
 
 
