@@ -21,6 +21,7 @@ TRAIN_JOB = "train_slice"
 GENERATE_JOB = "generate"
 UPSCALE_JOB = "upscale"
 CANCEL_JOB = "cancel"
+EXPORT_JOB = "export"
 
 ConceptKind = Literal["face", "kit", "style"]
 
@@ -187,8 +188,24 @@ class CancelPayload(_Wire):
     reason: str = "cancelled"
 
 
+@dataclass(frozen=True)
+class ExportPayload(_Wire):
+    """Convert the user's own concept to other formats (``/export``); files go under ``output_prefix``."""
+
+    _nested: ClassVar[dict[str, type]] = {"target": DiscordTarget}
+
+    job_id: int
+    user_id: int
+    concept_key: str
+    output_prefix: str  # e.g. users/<id>/exports/<job>/
+    target: DiscordTarget
+    formats: list[str] = field(default_factory=lambda: ["a1111", "kohya"])
+    version: int = CONTRACT_VERSION
+
+
 PAYLOAD_TYPES: dict[str, type[_Wire]] = {
-    TRAIN_JOB: TrainPayload, GENERATE_JOB: GeneratePayload, UPSCALE_JOB: UpscalePayload, CANCEL_JOB: CancelPayload,
+    TRAIN_JOB: TrainPayload, GENERATE_JOB: GeneratePayload, UPSCALE_JOB: UpscalePayload,
+    CANCEL_JOB: CancelPayload, EXPORT_JOB: ExportPayload,
 }
 
 
@@ -238,7 +255,7 @@ class Event(_Wire):
     ``posted`` says whether the worker delivered the user-visible message itself; when False the bot
     delivers it (from ``data``) so no result is lost because Discord was unreachable from the worker.
     ``data`` by type:
-      job.done: output_keys [str], seeds [int], prompt, message_id, nsfw [bool]
+      job.done: output_keys [str], seeds [int], prompt, message_id, nsfw [bool]  (export: file_keys [str])
       concept.ready: concept_id, artifact_key, size_bytes, sha256, trigger_tokens, sample_keys, steps, seconds
       job.failed: reason (short, user-facing), retryable
       job.progress: step, total, eta_seconds; job.started / job.cancelled: (nothing required)

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     dev_guild_id: int | None = Field(None, description="Sync slash commands to this guild only (instant).")
     daily_quota: int = Field(50, ge=0, description="Default images per user per day (guilds may override).")
     max_upload_bytes: int = Field(10_000_000, ge=1, description="Largest photo or concept file accepted.")
+    base_hidden_size: int = Field(
+        768, ge=1, description="Text-encoder width of the base model (768 for SD 1.5); imports are checked against it."
+    )
 
     # --- worker ---
     base_model: str = Field(DEFAULT_BASE_MODEL, description="Hub id, local diffusers folder or .safetensors.")

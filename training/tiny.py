@@ -47,7 +47,8 @@ def write_clip_tokenizer(out_dir: str | Path) -> Path:
     """Write SD 1.5's tokenizer files (vocab.json, merges.txt, configs) to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lines = gzip.open(clip_bpe_path()).read().decode("utf-8").split("\n")
+    with gzip.open(clip_bpe_path()) as f:
+        lines = f.read().decode("utf-8").split("\n")
     merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
     vocab = list(_bytes_to_unicode().values())
     vocab += [v + "</w>" for v in vocab]
