@@ -1,0 +1,148 @@
+"""``create_bot``: the KitBooth Discord bot (discord.py app commands). Torch-free.
+
+``setup_hook`` opens whatever was not injected (DB, artifact store, Redis, arq pool), loads the cogs in
+``COGS``, registers the persistent result buttons and the global error handler, starts the events consumer,
+re-enqueues jobs Redis lost (start-up reconcile) and syncs the command tree.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+import discord
+from discord.ext import commands
+
+from bot.services import Services
+from kitbooth.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Extensions loaded at start-up, in order. Each module defines ``async def setup(bot)``.
+COGS: list[str] = [
+    "bot.cogs.train",
+    "bot.cogs.generate",
+    # B2: catalogue, privacy, queue, admin cogs go here.
+]
+
+
+class KitBoothBot(commands.Bot):
+    """The bot. ``services`` is set in ``setup_hook`` (or at construction when everything was injected)."""
+
+    services: Services
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: Any = None,
+        store: Any = None,
+        redis: Any = None,
+        arq: Any = None,
+        cogs: list[str] | None = None,
+        run_consumer: bool = True,
+        run_reconcile: bool = True,
+        extras: dict[str, Any] | None = None,
+    ) -> None:
+        intents = discord.Intents.default()  # slash commands need no privileged intents
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
+        self.settings = settings
+        self._injected = {"db": db, "store": store, "redis": redis, "arq": arq}
+        self._owned: list[Any] = []
+        self.cog_modules = list(COGS if cogs is None else cogs)
+        self.run_consumer = run_consumer
+        self.run_reconcile = run_reconcile
+        self._extras = dict(extras or {})
+        self.consumer = None  # bot.events.EventConsumer once started
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+    async def _open_services(self) -> Services:
+        from arq import create_pool
+        from arq.connections import RedisSettings
+        from redis.asyncio import Redis
+
+        from storage import Database, LocalArtifactStore
+
+        s = self.settings
+        db = self._injected["db"]
+        if db is None:
+            db = await Database.open(s.db_path)
+            self._owned.append(db)
+        store = self._injected["store"] or LocalArtifactStore(s.artifacts_path)
+        redis = self._injected["redis"]
+        if redis is None:
+            redis = Redis.from_url(s.redis_url)
+            self._owned.append(redis)
+        arq = self._injected["arq"]
+        if arq is None:
+            arq = await create_pool(RedisSettings.from_dsn(s.redis_url), default_queue_name=s.queue_name)
+            self._owned.append(arq)
+        return Services(settings=s, db=db, store=store, redis=redis, arq=arq, extras=self._extras)
+
+    async def setup_hook(self) -> None:
+        from bot import buttons, errors, events, reconcile
+
+        if getattr(self, "services", None) is None:
+            self.services = await self._open_services()
+        errors.install(self)
+        for name in self.cog_modules:
+            if name in self.extensions:
+                continue
+            await self.load_extension(name)
+        buttons.install(self)
+        if self.run_reconcile:
+            try:
+                n = await reconcile.reconcile(self.services)
+                if n:
+                    log.info("reconcile: re-enqueued %d job(s) that Redis had lost", n)
+            except Exception:
+                log.exception("start-up reconcile failed; continuing")
+        if self.run_consumer:
+            self.consumer = events.EventConsumer(self)
+            await self.consumer.start()
+        if self.settings.dev_guild_id:
+            guild = discord.Object(id=self.settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+        await self.tree.sync()
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+            self.consumer = None
+        try:
+            await super().close()
+        finally:
+            for res in reversed(self._owned):
+                try:
+                    closer = getattr(res, "aclose", None) or res.close
+                    await closer()
+                except Exception:  # closing is best effort
+                    log.debug("close failed for %r", res, exc_info=True)
+            self._owned.clear()
+
+
+def create_bot(
+    settings: Settings,
+    *,
+    db: Any = None,
+    store: Any = None,
+    redis: Any = None,
+    arq: Any = None,
+    cogs: list[str] | None = None,
+    run_consumer: bool = True,
+    run_reconcile: bool = True,
+    extras: dict[str, Any] | None = None,
+) -> KitBoothBot:
+    """Build the bot. Anything not injected is opened from ``settings`` in ``setup_hook``."""
+    return KitBoothBot(
+        settings, db=db, store=store, redis=redis, arq=arq, cogs=cogs,
+        run_consumer=run_consumer, run_reconcile=run_reconcile, extras=extras,
+    )
+
+
+def import_check() -> None:
+    """Import every cog module (used by ``kitbooth doctor``)."""
+    for name in COGS:
+        importlib.import_module(name)

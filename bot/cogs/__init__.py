@@ -1,0 +1,1 @@
+"""One cog per command area; ``bot.app.COGS`` lists the extensions loaded at start-up."""
