@@ -56,6 +56,19 @@ class Settings(BaseSettings):
     )
     metrics_port: int | None = Field(None, description="Serve Prometheus metrics on this port when set.")
     offline: bool = Field(False, description="Never touch the network for models (HF_HUB_OFFLINE).")
+    slice_steps: int | None = Field(
+        None, ge=1, description="Most training steps per slice (besides slice_seconds); makes slicing deterministic."
+    )
+    job_timeout_s: float = Field(
+        300.0, gt=0, description="Longest a worker job may run; a killed worker's job is retried soon after it."
+    )
+    batch_gather_s: float = Field(0.25, ge=0, description="How long a batch waits for requests still being prepared.")
+    ti_slots: int = Field(32, ge=1, description="Token slots reserved on the resident pipeline for TI concepts.")
+    lora_cache: int = Field(8, ge=1, description="LoRA adapters kept resident on the pipeline (LRU).")
+    concept_cache: int = Field(64, ge=1, description="Parsed concept files kept in worker memory (LRU).")
+    sample_steps: int = Field(20, ge=1, description="Denoising steps of the sample images posted after training.")
+    train_samples: int = Field(2, ge=0, le=4, description="Sample images posted when a training finishes.")
+    max_prompt_chars: int = Field(1000, ge=1, description="Longest prompt a generate job accepts.")
 
     @field_validator("log_level")
     @classmethod
