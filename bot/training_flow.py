@@ -1,0 +1,265 @@
+"""The one training path behind ``/train`` (modal or attachments), ``/kit train`` and ``/style train``.
+
+Callers acknowledge the interaction first (``defer``), then call ``start_training``: size checks, the photo
+checks in a thread (``training.faces``, torch-free), an ephemeral per-photo checklist, the crops (PNG, and
+nothing else of the uploads) stored, the concept and job rows written, the ``TrainPayload`` enqueued, and an
+answer with the queue position and ETA. One training per user at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import discord
+
+from bot import jobs
+from gpu_worker import contract
+from kitbooth.errors import Busy, InvalidInput, NotAllowed
+from storage import keys
+
+if TYPE_CHECKING:
+    from bot.services import Services
+    from storage import Concept, Job
+
+log = logging.getLogger(__name__)
+
+TrainKind = Literal["face", "kit", "style"]
+MIN_PHOTOS = {"face": 4, "kit": 1, "style": 1}
+MAX_PHOTOS = {"face": 10, "kit": 10, "style": 10}
+METHODS = {"face": "pivotal", "kit": "lora", "style": "lora"}
+RESOLUTION = 512
+
+CONSENT_REQUIRED = (
+    "KitBooth learns a face only with its owner's consent. Run /train again and confirm that the photos are "
+    "of you and that you consent."
+)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file: its name and bytes (``data`` is None when it was too big to download)."""
+
+    filename: str
+    data: bytes | None
+    size: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    index: int
+    filename: str
+    accepted: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class TrainingStarted:
+    job: Job
+    concept: Concept
+    verdicts: list[Verdict]
+    queue: jobs.QueueInfo
+    message: str
+
+
+# --- uploads --------------------------------------------------------------------------------------
+async def read_attachments(attachments: Sequence[discord.Attachment], max_bytes: int) -> list[Upload]:
+    """Download attachments, skipping (not downloading) any over ``max_bytes``."""
+    out = []
+    for a in attachments:
+        if a is None:
+            continue
+        data = await a.read() if a.size <= max_bytes else None
+        out.append(Upload(a.filename, data, a.size))
+    return out
+
+
+def _normalise(photos: Sequence[Upload | tuple[str, bytes]]) -> list[Upload]:
+    out = []
+    for p in photos:
+        if isinstance(p, Upload):
+            out.append(p)
+        else:
+            name, data = p
+            out.append(Upload(name, data, len(data)))
+    return out
+
+
+# --- the photo checks (a seam: services.extras["photo_checker"] replaces it) ------------------------
+def default_photo_checker(kind: TrainKind, photos: list[tuple[str, bytes]]) -> Any:
+    from training import faces
+
+    if kind == "face":
+        return faces.check_selfies(photos, resolution=RESOLUTION)
+    return faces.prepare_reference_photos(photos, kind=kind, resolution=RESOLUTION)
+
+
+def _run_checks(
+    checker: Callable[..., Any], kind: TrainKind, uploads: list[Upload], max_bytes: int
+) -> tuple[list[Verdict], list[tuple[int, bytes]]]:
+    """(verdict per upload, [(upload index, crop PNG bytes)]) — runs in a worker thread."""
+    too_big = {i for i, u in enumerate(uploads, start=1) if u.data is None or u.size > max_bytes}
+    # Oversized files are replaced by empty bytes so the checker's numbering stays the upload's numbering.
+    report = checker(kind, [(u.filename, b"" if i in too_big else u.data)
+                            for i, u in enumerate(uploads, start=1)])
+    verdicts = []
+    for v in report.verdicts:
+        if v.index in too_big:
+            mb = uploads[v.index - 1].size / 1e6
+            reason = (f"photo {v.index}: too big ({mb:.1f} MB) — send a photo under "
+                      f"{max_bytes / 1e6:.0f} MB")
+            verdicts.append(Verdict(v.index, v.filename, False, reason))
+        else:
+            verdicts.append(Verdict(v.index, v.filename, bool(v.accepted), v.reason))
+    crops = []
+    for p in report.photos:
+        if p.index in too_big:
+            continue
+        buf = io.BytesIO()
+        p.image.save(buf, format="PNG")
+        crops.append((p.index, buf.getvalue()))
+    return verdicts, crops
+
+
+def checklist(verdicts: Sequence[Verdict]) -> str:
+    return "\n".join(f"{'✅' if v.accepted else '❌'} {v.reason}" for v in verdicts)
+
+
+# --- guards ---------------------------------------------------------------------------------------
+async def check_may_train(services: Services, interaction: discord.Interaction) -> None:
+    """Guild setting ``train_role_ids``: empty = everyone may train."""
+    if interaction.guild_id is None:
+        return
+    gs = await services.db.guild_settings(interaction.guild_id)
+    allowed = {int(r) for r in gs.train_role_ids}
+    if not allowed:
+        return
+    roles = {r.id for r in getattr(interaction.user, "roles", [])}
+    if not roles & allowed:
+        raise NotAllowed("On this server only some roles may train a face. Ask a moderator for access.")
+
+
+async def check_not_training(services: Services, user_id: int) -> None:
+    active = await services.db.list_jobs(user_id=user_id, statuses=("queued", "running"), kind="train")
+    if active:
+        raise Busy("You already have a training in progress — wait for it to finish (see /me), then try again.")
+
+
+def _starting(services: Services) -> set[int]:
+    return services.extras.setdefault("training_starting", set())
+
+
+# --- the flow -------------------------------------------------------------------------------------
+async def start_training(
+    services: Services,
+    interaction: discord.Interaction,
+    photos: Sequence[Upload | tuple[str, bytes]],
+    *,
+    kind: TrainKind = "face",
+    name: str | None = None,
+    consent: bool | None = None,
+    guild_id: int | None = None,
+) -> TrainingStarted:
+    """Validate, check, store crops, write rows, enqueue, answer. The interaction must already be deferred."""
+    settings, db = services.settings, services.db
+    user_id = interaction.user.id
+    guild_id = guild_id if guild_id is not None else interaction.guild_id
+    if kind not in METHODS:
+        raise ValueError(f"unknown training kind {kind!r}")
+    if kind == "face":
+        if not consent:
+            raise NotAllowed(CONSENT_REQUIRED)
+        await check_may_train(services, interaction)
+    elif guild_id is None:
+        raise NotAllowed("Kits and styles belong to a server: run this in a server channel.")
+
+    uploads = _normalise(photos)
+    lo, hi = MIN_PHOTOS[kind], MAX_PHOTOS[kind]
+    what = "selfies" if kind == "face" else f"{kind} photos"
+    if not uploads:
+        raise InvalidInput(f"No photos received — attach {lo}-{hi} {what}.")
+    if len(uploads) < lo:
+        raise InvalidInput(f"Only {len(uploads)} photo{'s' if len(uploads) != 1 else ''} — send {lo}-{hi} {what} "
+                           "(clear, front-facing, just you).")
+    if len(uploads) > hi:
+        raise InvalidInput(f"{len(uploads)} photos is too many — send at most {hi} {what}.")
+
+    starting = _starting(services)
+    if user_id in starting:
+        raise Busy("You already have a training starting — wait a moment.")
+    starting.add(user_id)
+    try:
+        await check_not_training(services, user_id)
+        if kind == "face":
+            await db.record_consent(user_id)
+        checker = services.extras.get("photo_checker") or default_photo_checker
+        verdicts, crops = await asyncio.to_thread(_run_checks, checker, kind, uploads,
+                                                  settings.max_upload_bytes)
+        listing = checklist(verdicts)
+        if len(crops) < lo:
+            raise InvalidInput(
+                f"{listing}\nOnly {len(crops)} usable photo{'s' if len(crops) != 1 else ''} — send at least {lo} "
+                + ("clear, front-facing selfies of just you (one person, the same person in every photo)."
+                   if kind == "face" else f"{what}.")
+            )
+        started = await _create_and_enqueue(services, interaction, kind=kind, name=name, guild_id=guild_id,
+                                            crops=crops, verdicts=verdicts)
+    finally:
+        starting.discard(user_id)
+    await interaction.followup.send(started.message, ephemeral=True)
+    return started
+
+
+async def _create_and_enqueue(
+    services: Services, interaction: discord.Interaction, *, kind: TrainKind, name: str | None,
+    guild_id: int | None, crops: list[tuple[int, bytes]], verdicts: list[Verdict],
+) -> TrainingStarted:
+    db, store = services.db, services.store
+    user_id = interaction.user.id
+    await db.ensure_user(user_id)
+    concept_name = name or ("face" if kind == "face" else kind)
+    concept = await db.create_concept(owner_id=user_id, guild_id=guild_id, kind=kind, name=concept_name,
+                                      method=METHODS[kind], status="pending")
+    if kind == "face":
+        photo_keys = [keys.photo_key(user_id, concept.id, n) for n in range(len(crops))]
+        artifact_key = keys.concept_key(user_id, concept.id)
+        ckpt = keys.checkpoint_prefix(user_id, concept.id)
+    else:
+        assert guild_id is not None
+        photo_keys = [keys.guild_photo_key(guild_id, concept.id, n) for n in range(len(crops))]
+        artifact_key = keys.guild_concept_key(guild_id, concept.id)
+        ckpt = keys.guild_checkpoint_prefix(guild_id, concept.id)
+    try:
+        for key, (_index, png) in zip(photo_keys, crops, strict=True):
+            await asyncio.to_thread(store.put_bytes, key, png)
+        target = jobs.target_from_interaction(interaction)
+
+        def build(job: Job) -> contract.TrainPayload:
+            return contract.TrainPayload(
+                job_id=job.id, user_id=user_id, concept_id=concept.id, kind=kind, method=METHODS[kind],
+                name=concept_name, photo_keys=photo_keys, artifact_key=artifact_key, checkpoint_prefix=ckpt,
+                target=target, guild_id=guild_id, seed=secrets.randbelow(2**31),
+            )
+
+        job, _payload = await jobs.create_and_enqueue(
+            services, kind="train", user_id=user_id, build_payload=build, guild_id=guild_id,
+            channel_id=interaction.channel_id, interaction_id=interaction.id, concept_id=concept.id,
+        )
+    except BaseException:
+        await db.update_concept(concept.id, status="failed", error="could not be queued")
+        for key in photo_keys:
+            store.delete(key)
+        raise
+    concept = await db.update_concept(concept.id, status="training")
+    queue = await jobs.queue_position(services, job.id)
+    n = len(crops)
+    what = "your face" if kind == "face" else f"the {kind} **{concept_name}**"
+    message = (f"{checklist(verdicts)}\n\n🏋️ Training {what} on {n} photo{'s' if n != 1 else ''} — "
+               f"{jobs.format_queue(queue)}. I'll post in this channel when it's ready.")
+    log.info("job %s: training %s concept %s for user %s (%d photos)", job.id, kind, concept.id, user_id, n)
+    return TrainingStarted(job=job, concept=concept, verdicts=verdicts, queue=queue, message=message)

@@ -1,0 +1,185 @@
+"""Shared SimCord fixtures for the bot's tests (B1 and B2).
+
+``simcord_bot`` is the real ``create_bot`` on temp dirs, the test Redis (DB 15), a real SQLite DB and a local
+artifact store. ``arena`` gives a guild, a channel and two members (alice, bob). ``selfies()`` builds real
+photo bytes of one real face (scikit-image's astronaut) with light augmentations.
+
+Seams tests may override: the ``bot_extras`` fixture (e.g. ``{"photo_checker": fake}``) and ``bot_cogs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def bot_settings(tmp_path, redis_url):
+    from kitbooth.settings import Settings
+
+    return Settings(
+        _env_file=None,
+        data_dir=tmp_path,
+        redis_url=redis_url,
+        queue_name="kitbooth:test:queue",
+        events_stream="kitbooth:test:events",
+        discord_token=None,
+        base_hidden_size=32,
+        daily_quota=20,
+    )
+
+
+@pytest.fixture
+def bot_extras() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def bot_cogs() -> list[str] | None:
+    return None  # bot.app.COGS
+
+
+@pytest.fixture
+async def bot_redis(bot_settings):
+    from redis.asyncio import Redis
+
+    r = Redis.from_url(bot_settings.redis_url)
+    yield r
+    await r.aclose()
+
+
+@pytest.fixture
+async def bot_arq(bot_settings):
+    from arq import create_pool
+    from arq.connections import RedisSettings
+
+    pool = await create_pool(RedisSettings.from_dsn(bot_settings.redis_url),
+                             default_queue_name=bot_settings.queue_name)
+    yield pool
+    await pool.aclose()
+
+
+@pytest.fixture
+def simcord_bot(bot_settings, db, store, bot_redis, bot_arq, bot_extras, bot_cogs):
+    from bot.app import create_bot
+
+    return create_bot(bot_settings, db=db, store=store, redis=bot_redis, arq=bot_arq, cogs=bot_cogs,
+                      extras=bot_extras)
+
+
+@dataclass
+class Arena:
+    env: Any
+    guild: Any
+    channel: Any
+    alice: Any
+    bob: Any
+
+    @property
+    def bot(self):
+        return self.env.bot
+
+    @property
+    def services(self):
+        return self.env.bot.services
+
+
+@pytest.fixture
+def arena(simcord_env):
+    """A guild with a channel and two members. At teardown, expected refusals (``UserFacingError``) that
+    reached an error hook are acknowledged; anything else still fails the test."""
+    from bot.errors import unwrap
+    from kitbooth.errors import UserFacingError
+
+    guild = simcord_env.create_guild(name="Football Fans")
+    channel = guild.create_text_channel("kitbooth")
+    alice = guild.add_member(simcord_env.create_user("alice"))
+    bob = guild.add_member(simcord_env.create_user("bob"))
+    yield Arena(simcord_env, guild, channel, alice, bob)
+    unexpected = [e for e in simcord_env.errors if not isinstance(unwrap(e), UserFacingError)]
+    if unexpected:
+        raise ExceptionGroup("the bot raised unexpected errors", unexpected)
+
+
+# --- photos -------------------------------------------------------------------------------------------
+def selfies(n: int = 5) -> list[tuple[str, bytes]]:
+    """``n`` (≤ 8) distinct uploads of one real face."""
+    from tests.training import photos
+
+    base = photos.distinct_good_set()
+    extra = [("IMG_0006.JPG", photos.rotated(-5)), ("IMG_0007.JPG", photos.brighter(0.85)),
+             ("IMG_0008.JPG", photos.cropped((30, 0, 430, 400)))]
+    out = (base + extra)[:n]
+    assert len(out) == n
+    return out
+
+
+@dataclass
+class FakeVerdict:
+    index: int
+    filename: str
+    accepted: bool
+    reason: str
+
+
+@dataclass
+class FakePhoto:
+    index: int
+    image: Any
+
+
+@dataclass
+class FakeReport:
+    verdicts: list
+    photos: list
+
+
+def fake_checker(refuse: dict[int, str] | None = None):
+    """A fast photo checker for tests that are not about the photo checks (the real one runs dlib).
+
+    Accepts every non-empty file except indices in ``refuse`` (1-based → reason); crops are 64² grey PNGs.
+    """
+    from PIL import Image
+
+    refuse = refuse or {}
+
+    def check(kind, photos):
+        verdicts, prepared = [], []
+        for i, (name, data) in enumerate(photos, start=1):
+            if not data:
+                verdicts.append(FakeVerdict(i, name, False, f"photo {i}: the file is empty"))
+            elif i in refuse:
+                verdicts.append(FakeVerdict(i, name, False, f"photo {i}: {refuse[i]}"))
+            else:
+                verdicts.append(FakeVerdict(i, name, True, f"photo {i}: ok"))
+                prepared.append(FakePhoto(i, Image.new("RGB", (64, 64), (i * 20, 90, 120))))
+        return FakeReport(verdicts, prepared)
+
+    return check
+
+
+def tiny_png(color=(200, 10, 10), size=(64, 64)) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def requests_since(env, start: int) -> list:
+    return list(env.http_requests)[start:]
+
+
+def assert_acknowledged_first(env, start: int) -> None:
+    """The first REST call after ``start`` is the interaction callback (defer / modal / message)."""
+    reqs = requests_since(env, start)
+    assert reqs, "the bot made no REST call"
+    assert reqs[0].method == "POST" and reqs[0].path.endswith("/callback"), [r.path for r in reqs]
+
+
+def callbacks_so_far(env) -> int:
+    return sum(1 for r in env.http_requests if r.path.endswith("/callback"))
