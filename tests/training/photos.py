@@ -197,6 +197,7 @@ def too_small(size: tuple[int, int] = (200, 150)) -> bytes:
     return encode(astronaut().resize(size, Image.Resampling.LANCZOS))
 
 
+@functools.cache
 def decompression_bomb(side: int = 20_000) -> bytes:
     """A 1-bit PNG that declares side×side pixels (400 MP at the default) and compresses to a few KB."""
     return encode(Image.new("1", (side, side), 0), "PNG", optimize=True)
