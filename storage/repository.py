@@ -423,6 +423,33 @@ class Database:
         await self._write(f"UPDATE guild_settings SET {cols} WHERE guild_id = ?", (*changes.values(), guild_id))
         return await self.guild_settings(guild_id)
 
+    # --- bot additions (B1) ------------------------------------------------------------------------
+    async def set_concept_sha256(self, concept_id: int, sha256: str | None) -> None:
+        await self._write("UPDATE concepts SET sha256 = ?, updated_at = ? WHERE id = ?",
+                          (sha256, utcnow(), concept_id))
+
+    async def concept_sha256(self, concept_id: int) -> str | None:
+        row = await self._one("SELECT sha256 FROM concepts WHERE id = ?", (concept_id,))
+        return row[0] if row else None
+
+    async def count_images_since(self, user_id: int, since: str, *, guild_id: int | None = None) -> int:
+        """Images requested since ``since`` (generate jobs count their ``count``, upscales count 1);
+        failed and cancelled jobs do not count. With ``guild_id``: that guild's images, all users."""
+        where, params = ["created_at >= ?", "status NOT IN ('failed', 'cancelled')",
+                         "kind IN ('generate', 'vary', 'reroll', 'upscale')"], [since]
+        if guild_id is None:
+            where.append("user_id = ?")
+            params.append(user_id)
+        else:
+            where.append("guild_id = ?")
+            params.append(guild_id)
+        row = await self._one(
+            "SELECT COALESCE(SUM(CASE WHEN kind = 'upscale' THEN 1"
+            " ELSE COALESCE(json_extract(payload, '$.count'), 1) END), 0) FROM jobs WHERE " + " AND ".join(where),
+            params,
+        )
+        return int(row[0]) if row else 0
+
 
 def _escape_like(s: str) -> str:
     return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
