@@ -1,0 +1,187 @@
+"""Training configuration: one frozen dataclass, with defaults per concept kind that nobody has to touch.
+
+Torch-free (the bot and the CLI read defaults without importing torch).
+
+Pivotal tuning schedule (the default for faces), following cloneofsimo's PTI rather than diffusers' advanced
+script: the first ``ti_fraction`` of the steps train only the TI vectors (high learning rate, the UNet LoRA
+untouched); the remaining steps train the UNet LoRA with the TI vectors frozen. Freezing the vectors in the second
+phase keeps the "pivot" stable and lets that phase use cached text embeddings (no text-encoder forward or backward),
+which is what makes the LoRA phase as fast as plain LoRA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = ("face", "kit", "style")
+METHODS = ("pivotal", "lora", "ti")
+PRECISIONS = ("auto", "no", "fp16", "bf16")
+
+# Caption templates per kind; "{}" is replaced by the concept's trigger.
+CAPTION_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "face": (
+        "a photo of {} person",
+        "a close-up photo of {} person",
+        "a portrait photo of {} person",
+        "a selfie of {} person",
+    ),
+    "kit": (
+        "a photo of a {} football kit",
+        "a photo of a person wearing a {} football kit",
+        "a {} football shirt",
+    ),
+    "style": (
+        "a picture in {} style",
+        "an image in {} style",
+        "a painting in {} style",
+    ),
+}
+
+# The class word TI vectors start from, per kind.
+INIT_WORDS = {"face": "person", "kit": "shirt", "style": "art"}
+# Trigger word of a pure-LoRA concept (no TI vectors): rare-ish words, distinct per kind so a kit and a style
+# composed in one prompt do not share a trigger.
+LORA_TRIGGERS = {"face": "ohwx", "kit": "zwkit", "style": "qzstyle"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training job needs besides the images and the pipeline. Frozen: a job's config never changes.
+
+    ``steps`` is the total for the job (a slice runs part of it, see ``Trainer.run``).
+    """
+
+    kind: str = "face"
+    method: str = "pivotal"
+    steps: int = 500
+    resolution: int = 512
+    batch_size: int = 2
+    # LoRA
+    rank: int = 4
+    alpha: float | None = None  # None: alpha = rank (LoRA scale 1)
+    text_lora: bool = False
+    unet_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    text_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
+    # TI
+    num_vectors: int = 2
+    init_word: str = "person"
+    token_prefix: str = "kb"  # tokens are "<{prefix}-{kind}-{i}>"
+    lora_trigger: str = "ohwx"  # trigger of a pure-LoRA concept
+    # Pivotal: fraction of the steps that are TI-only (then LoRA with TI frozen)
+    ti_fraction: float = 0.3
+    # Optimiser
+    lr_unet: float = 2e-4
+    lr_text: float = 5e-5
+    lr_ti: float = 3e-3
+    lr_warmup_steps: int = 0
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    # Loss
+    snr_gamma: float | None = 5.0
+    masked_loss: bool = True
+    mask_outside_weight: float = 0.3
+    mirror: bool = True  # also train on mirror images (cached like the originals)
+    # Speed and numerics
+    mixed_precision: str = "auto"  # auto: bf16 (or fp16) on CUDA, fp32 on CPU
+    gradient_checkpointing: bool = False
+    use_xformers: bool = True  # only when installed AND on CUDA
+    allow_tf32: bool = True
+    seed: int = 0
+    checkpoint_every: int = 50
+    # Diagnostics: reuse one sampled batch (noise, timesteps, images) every step — for overfitting tests
+    overfit_fixed_batch: bool = False
+    captions: tuple[str, ...] = field(default=())  # override the kind's caption templates ("{}" = trigger)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {self.kind!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {PRECISIONS}")
+        if self.steps < 1 or self.batch_size < 1 or self.rank < 1 or self.num_vectors < 1:
+            raise ValueError("steps, batch_size, rank and num_vectors must be positive")
+        if self.resolution < 8 or self.resolution % 8:
+            raise ValueError("resolution must be a positive multiple of 8")
+        if not 0.0 <= self.ti_fraction <= 1.0:
+            raise ValueError("ti_fraction must be in [0, 1]")
+
+    # -- derived --------------------------------------------------------------------------------------
+    @property
+    def uses_ti(self) -> bool:
+        return self.method in ("ti", "pivotal")
+
+    @property
+    def uses_unet_lora(self) -> bool:
+        return self.method in ("lora", "pivotal")
+
+    @property
+    def uses_text_lora(self) -> bool:
+        return self.method == "lora" and self.text_lora
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.rank if self.alpha is None else self.alpha)
+
+    @property
+    def ti_steps(self) -> int:
+        """Number of TI-only steps at the start (pivotal); all steps for TI; none for LoRA."""
+        if self.method == "ti":
+            return self.steps
+        if self.method == "pivotal":
+            return int(round(self.steps * self.ti_fraction))
+        return 0
+
+    @property
+    def tokens(self) -> list[str]:
+        """The concept's trigger tokens: TI placeholders, or the LoRA trigger word."""
+        if self.uses_ti:
+            return [f"<{self.token_prefix}-{self.kind}-{i}>" for i in range(self.num_vectors)]
+        return [self.lora_trigger]
+
+    @property
+    def caption_templates(self) -> tuple[str, ...]:
+        return self.captions or CAPTION_TEMPLATES[self.kind]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        data: dict[str, Any] = json.loads(text)
+        for key in ("unet_targets", "text_targets", "captions"):
+            if key in data:
+                data[key] = tuple(data[key])
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def replace(self, **overrides: Any) -> TrainConfig:
+        return dataclasses.replace(self, **overrides)
+
+
+_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Faces: pivotal tuning, 512², ~500 steps: 150 TI steps then 350 LoRA steps, 2 vectors from "person".
+    "face": dict(method="pivotal", steps=500, num_vectors=2, init_word=INIT_WORDS["face"], rank=4,
+                 masked_loss=True, lora_trigger=LORA_TRIGGERS["face"]),
+    # Kits: a UNet LoRA (the look of a shirt is mostly texture and layout); no face mask.
+    "kit": dict(method="lora", steps=400, num_vectors=1, init_word=INIT_WORDS["kit"], rank=4,
+                masked_loss=False, lora_trigger=LORA_TRIGGERS["kit"]),
+    # Styles: a UNet LoRA as well.
+    "style": dict(method="lora", steps=400, num_vectors=1, init_word=INIT_WORDS["style"], rank=4,
+                  masked_loss=False, lora_trigger=LORA_TRIGGERS["style"]),
+}
+
+
+def default_config(kind: str, **overrides: Any) -> TrainConfig:
+    """The default config of a kind (``face``: pivotal 512² 500 steps; ``kit``/``style``: LoRA), with overrides.
+
+    Overrides set to ``None`` are ignored, so a CLI can pass its optional flags straight through.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    values: dict[str, Any] = {"kind": kind, **_KIND_DEFAULTS[kind]}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)
