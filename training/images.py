@@ -103,8 +103,9 @@ def _decode(data: bytes, *, name: str, min_side: int, max_pixels: int) -> Image.
             f"the image is too large ({width}×{height}) — send a photo under {max_pixels / 1e6:.0f} megapixels",
             name=name,
         )
-    n_frames = getattr(im, "n_frames", 1)
-    if n_frames > 1 and im.format != "MPO":  # MPO's extra frames are a preview / depth map, not animation
+    # is_animated stops at the second frame (n_frames would walk them all). MPO's extra frames are a preview or
+    # a depth map, not animation: frame 0 is the photo.
+    if getattr(im, "is_animated", False) and im.format != "MPO":
         raise ImageRejected("animated images aren't supported — send a still photo", name=name)
     # EXIF orientation 5-8 swaps width and height: judge the size the user sees.
     if _exif_orientation(im) in (5, 6, 7, 8):

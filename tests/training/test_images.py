@@ -78,6 +78,14 @@ def test_exif_rotation_swaps_the_minimum_size_check():
         load_image(raw)
 
 
+def test_multi_picture_jpeg_from_a_phone_is_a_still_photo():
+    buf = io.BytesIO()
+    img = photos.astronaut()
+    img.save(buf, "MPO", save_all=True, append_images=[img.resize((256, 256))])
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    assert diff(load_image(buf.getvalue()), img) < 6
+
+
 def test_sixteen_bit_and_grey_modes():
     arr = (np.linspace(0, 65535, 300 * 300).reshape(300, 300)).astype(np.uint16)
     raw = photos.encode(Image.fromarray(arr), "PNG")
