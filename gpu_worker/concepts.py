@@ -1,0 +1,69 @@
+"""Concept files fetched from the store, parsed once and kept in memory (bounded LRU by key and sha256)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from kitbooth.errors import IncompatibleArtifact, NotFound
+from storage import ArtifactNotFound, ArtifactStore
+
+log = logging.getLogger(__name__)
+
+
+class ConceptCache:
+    """``await get(key, sha256)`` -> ``ConceptArtifact``. A stale entry (other sha256) is re-read."""
+
+    def __init__(self, store: ArtifactStore, *, max_items: int = 64, max_file_bytes: int = 256 << 20):
+        self.store = store
+        self.max_items = max_items
+        self.max_file_bytes = max_file_bytes
+        self._items: OrderedDict[str, tuple[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    async def get(self, key: str, sha256: str = "") -> Any:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and (not sha256 or hit[0] == sha256):
+                self._items.move_to_end(key)
+                self.hits += 1
+                return hit[1]
+        self.misses += 1
+        digest, art = await asyncio.to_thread(self._load, key, sha256)
+        with self._lock:
+            self._items[key] = (digest, art)
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+        return art
+
+    def invalidate(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+    def _load(self, key: str, sha256: str) -> tuple[str, Any]:
+        from training.artifact import load_artifact
+
+        try:
+            if self.store.size(key) > self.max_file_bytes:
+                raise IncompatibleArtifact("This concept file is too large to be a KitBooth concept.")
+            data = self.store.get_bytes(key)
+        except ArtifactNotFound:
+            raise NotFound("A concept used by this request no longer exists. Pick another one.") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if sha256 and digest != sha256:
+            raise IncompatibleArtifact("A concept file changed or is damaged (checksum mismatch). Retrain or re-import it.")
+        try:
+            art = load_artifact(data)
+        except IncompatibleArtifact:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any parse error of untrusted bytes
+            log.info("concept %s unreadable: %s", key, exc)
+            raise IncompatibleArtifact("A concept file is damaged or not a KitBooth concept. Retrain or re-import it.") from None
+        return digest, art

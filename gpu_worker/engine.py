@@ -1,0 +1,264 @@
+"""Torch work of the worker. Every method here runs on the GPU thread (``gpu_worker.gpu.GpuLane``).
+
+The engine owns the resident pipeline and the composer; it adapts ``training/`` (the library) to the jobs:
+one batched ``generate`` call for several users' requests, one training slice, an upscale, an export.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kitbooth.errors import JobCancelled, UserFacingError
+from kitbooth.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenItem:
+    """One user's generate request inside a batch."""
+
+    payload: Any  # contract.GeneratePayload
+    uses: list[Any]  # [training.compose.ConceptUse]
+    prompt: str  # the user's prompt (trigger words added by the prompt builder in training.generate)
+    init_image: Any = None  # PIL image for "vary"
+    should_stop: Callable[[], bool] = lambda: False
+    on_progress: Callable[[int, int, Any], None] = lambda step, total, preview: None
+    pipeline_seconds: float = 0.0
+
+
+@dataclass
+class SliceWork:
+    """One training slice."""
+
+    payload: Any  # contract.TrainPayload
+    images: list[Any]  # PIL face crops
+    masks: list[Any] | None
+    state: bytes | None  # checkpoint to resume from
+    max_steps: int | None
+    max_seconds: float | None
+    should_stop: Callable[[], bool] = lambda: False
+    on_progress: Callable[[Any], None] = lambda p: None
+    samples: int = 2
+
+
+@dataclass
+class SliceResult:
+    step: int
+    total: int
+    done: bool
+    state: bytes | None = None  # the checkpoint after this slice (None when done)
+    artifact: bytes | None = None  # the finished .safetensors (when done)
+    trigger_tokens: list[str] = field(default_factory=list)
+    samples: list[bytes] = field(default_factory=list)  # PNGs of the new concept
+    seconds: float = 0.0
+    steps_run: int = 0
+
+
+class Engine:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.pipe: Any = None
+        self.composer: Any = None
+        self.base_model_id = settings.base_model
+        self.upscaler: Any = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def load(self) -> None:
+        from training.compose import Composer
+        from training.models import load_base_pipeline
+
+        t0 = time.perf_counter()
+        s = self.settings
+        self.pipe = load_base_pipeline(
+            s.base_model, device=s.device, dtype=s.dtype, offline=s.offline, safety_checker=s.safety_checker
+        )
+        self.composer = Composer(self.pipe, slots=s.ti_slots, lora_cache=s.lora_cache)
+        log.info("pipeline %s loaded in %.2fs on %s", s.base_model, time.perf_counter() - t0, self.device)
+
+    @property
+    def device(self) -> str:
+        return str(getattr(self.pipe, "device", "cpu"))
+
+    def warm_up(self) -> None:
+        """One tiny generation so the first user does not pay for lazy initialisation."""
+        t0 = time.perf_counter()
+        self.pipe(prompt="", num_inference_steps=1, height=64, width=64, guidance_scale=1.0, output_type="latent")
+        log.info("warm-up in %.2fs", time.perf_counter() - t0)
+
+    def release(self) -> None:
+        self.composer = None
+        self.pipe = None
+        try:
+            import gc
+
+            import torch
+
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # --- concepts -------------------------------------------------------------------------------
+    def check(self, uses: list[Any]) -> None:
+        """Raise ``IncompatibleArtifact`` when a concept does not fit the resident pipeline (no mutation)."""
+        for u in uses:
+            self.composer.check(u)
+
+    # --- generate -------------------------------------------------------------------------------
+    def generate_batch(self, items: list[GenItem]) -> list[Any]:
+        """Run several users' requests in ONE pipeline call. Returns, per item, its list of
+        ``GeneratedImage`` or the exception that failed it (other items are unaffected by a bad one)."""
+        from training.generate import GenerationRequest, generate
+
+        results: list[Any] = [None] * len(items)
+        ok: list[int] = []
+        for i, it in enumerate(items):
+            try:
+                self.check(it.uses)
+                if it.should_stop():
+                    raise JobCancelled()
+                ok.append(i)
+            except Exception as exc:  # noqa: BLE001 - handed back to that item's job
+                results[i] = exc
+        if not ok:
+            return results
+        live = [items[i] for i in ok]
+        reqs = [
+            GenerationRequest(
+                prompt=it.prompt, concepts=it.uses, seed=it.payload.seed, count=it.payload.count,
+                width=it.payload.width, height=it.payload.height, steps=it.payload.steps,
+                guidance=it.payload.guidance, negative_prompt=it.payload.negative_prompt,
+                kit_words=it.payload.kit_words, style_words=it.payload.style_words,
+            )
+            for it in live
+        ]
+
+        def progress(step: int, total: int, preview: Any = None) -> None:
+            for j, it in enumerate(live):
+                p = preview[j] if isinstance(preview, list | tuple) and len(preview) == len(live) else (
+                    preview if len(live) == 1 else None)
+                it.on_progress(step, total, p)
+
+        t0 = time.perf_counter()
+        out = generate(
+            self.pipe, self.composer, reqs, progress=progress, preview_every_s=1.0,
+            should_stop=lambda: all(it.should_stop() for it in live),
+            safety_checker=None if any(not it.payload.allow_nsfw for it in live) else False,
+        )
+        dt = time.perf_counter() - t0
+        for j, i in enumerate(ok):
+            items[i].pipeline_seconds = dt
+            results[i] = JobCancelled() if items[i].should_stop() else out[j]
+        return results
+
+    def vary(self, item: GenItem) -> list[Any]:
+        from training import generate as g
+
+        t0 = time.perf_counter()
+        self.check(item.uses)
+        p = item.payload
+        req = g.GenerationRequest(
+            prompt=item.prompt, concepts=item.uses, seed=p.seed, count=p.count, width=p.width, height=p.height,
+            steps=p.steps, guidance=p.guidance, negative_prompt=p.negative_prompt, kit_words=p.kit_words,
+            style_words=p.style_words,
+        )
+        out = g.vary(self.pipe, self.composer, req, item.init_image, strength=p.variation_strength,
+                     progress=lambda s, t, prev=None: item.on_progress(s, t, prev), should_stop=item.should_stop)
+        item.pipeline_seconds = time.perf_counter() - t0
+        return out
+
+    def upscale(self, image: Any, prompt: str, seed: int) -> Any:
+        from training import generate as g
+
+        return g.upscale(self.pipe, image, prompt=prompt, seed=seed, upscaler=self._upscaler())
+
+    def _upscaler(self) -> Any:
+        return None
+
+    # --- training -------------------------------------------------------------------------------
+    def train_config(self, payload: Any) -> Any:
+        from training.config import default_config
+
+        overrides: dict[str, Any] = {"method": payload.method, "steps": payload.steps,
+                                     "resolution": payload.resolution, "seed": payload.seed}
+        return default_config(payload.kind, **overrides)
+
+    def train_slice(self, work: SliceWork) -> SliceResult:
+        from training.artifact import save_artifact
+        from training.loop import Trainer
+
+        p = work.payload
+        config = self.train_config(p)
+        t0 = time.perf_counter()
+        trainer = Trainer(
+            self.pipe, work.images, config, masks=work.masks, base_model_id=self.base_model_id,
+            progress=work.on_progress, should_stop=work.should_stop,
+        )
+        try:
+            if work.state is not None:
+                trainer.load_state_dict(work.state)
+            start = trainer.step
+            if not trainer.done:
+                trainer.run(max_steps=work.max_steps, max_seconds=work.max_seconds)
+            if work.should_stop():
+                raise JobCancelled()
+            total = config.steps
+            if not trainer.done:
+                return SliceResult(step=trainer.step, total=total, done=False, state=trainer.state_dict(),
+                                   seconds=time.perf_counter() - t0, steps_run=trainer.step - start)
+            art = trainer.artifact()
+            data = save_artifact(art)
+            steps_run = trainer.step - start
+        finally:
+            trainer.close()
+        samples = self._samples(art, p, work.samples)
+        return SliceResult(step=config.steps, total=config.steps, done=True, artifact=data,
+                           trigger_tokens=list(getattr(art, "tokens", [])), samples=samples,
+                           seconds=time.perf_counter() - t0, steps_run=steps_run)
+
+    def _samples(self, art: Any, payload: Any, n: int) -> list[bytes]:
+        """A few images of the new concept (best effort: a failure here never fails the training)."""
+        if n <= 0:
+            return []
+        try:
+            from training.compose import ConceptUse
+            from training.generate import GenerationRequest, generate
+
+            size = 512 if (payload.resolution or 512) >= 512 else int(payload.resolution)
+            req = GenerationRequest(
+                prompt=_sample_prompt(payload.kind), concepts=[ConceptUse(payload.artifact_key, art, 1.0)],
+                seed=payload.seed, count=n, width=size, height=size,
+                steps=self.settings.sample_steps, guidance=7.0, negative_prompt=None, kit_words=None,
+                style_words=None,
+            )
+            out = generate(self.pipe, self.composer, [req])
+            return [g.png for g in out[0]]
+        except Exception:  # noqa: BLE001
+            log.exception("sample images failed for concept %s", payload.concept_id)
+            return []
+
+    # --- export ---------------------------------------------------------------------------------
+    def export(self, data: bytes, formats: list[str], out_dir: Path) -> list[Path]:
+        from training.artifact import load_artifact
+        from training.formats import export
+
+        art = load_artifact(data)
+        files: list[Path] = []
+        for fmt in formats:
+            if fmt not in ("a1111", "kohya", "diffusers"):
+                raise UserFacingError(f"Unknown export format {fmt!r}: use a1111, kohya or diffusers.")
+            files += export(art, fmt, out_dir / fmt)
+        return files
+
+
+def _sample_prompt(kind: str) -> str:
+    return {"face": "a portrait photo of {} person, smiling",
+            "kit": "a photo of a person wearing a {} football kit",
+            "style": "a football stadium in {} style"}.get(kind, "{}")
