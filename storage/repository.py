@@ -450,6 +450,19 @@ class Database:
         )
         return int(row[0]) if row else 0
 
+    async def trigger_token_owners(self, tokens: Iterable[str], *, kind: ConceptKind = "face") -> dict[str, int]:
+        """{token (lower case): owner id} for concepts of ``kind`` whose trigger tokens include any of
+        ``tokens`` (case-insensitive); superseded and failed concepts included (their tokens stay private)."""
+        toks = sorted({t.lower() for t in tokens if t})
+        if not toks:
+            return {}
+        rows = await self._all(
+            "SELECT lower(j.value) AS tok, c.owner_id FROM concepts c, json_each(c.trigger_tokens) j"
+            f" WHERE c.kind = ? AND lower(j.value) IN ({','.join('?' * len(toks))})",
+            (kind, *toks),
+        )
+        return {r[0]: r[1] for r in rows}
+
 
 def _escape_like(s: str) -> str:
     return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
