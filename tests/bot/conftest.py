@@ -65,8 +65,9 @@ async def bot_arq(bot_settings):
 def simcord_bot(bot_settings, db, store, bot_redis, bot_arq, bot_extras, bot_cogs):
     from bot.app import create_bot
 
+    extras = {"rate_limit_s": 0, **bot_extras}  # the rate limit has its own test
     return create_bot(bot_settings, db=db, store=store, redis=bot_redis, arq=bot_arq, cogs=bot_cogs,
-                      extras=bot_extras)
+                      extras=extras)
 
 
 @dataclass
@@ -183,3 +184,21 @@ def assert_acknowledged_first(env, start: int) -> None:
 
 def callbacks_so_far(env) -> int:
     return sum(1 for r in env.http_requests if r.path.endswith("/callback"))
+
+
+async def make_ready_face(services, user_id: int, tokens=("ohwx",), *, data: bytes = b"face-lora") -> Any:
+    """A ready face concept for ``user_id`` (as if the worker had trained it)."""
+    from storage import keys
+
+    await services.db.ensure_user(user_id)
+    c = await services.db.create_concept(owner_id=user_id, guild_id=None, kind="face", name="face",
+                                         method="pivotal", trigger_tokens=list(tokens))
+    key = keys.concept_key(user_id, c.id)
+    services.store.put_bytes(key, data)
+    return await services.db.update_concept(c.id, status="ready", artifact_key=key, size_bytes=len(data))
+
+
+async def queued(services) -> list[tuple[str, dict]]:
+    """(function, payload dict) of every job in the arq queue."""
+    jobs = await services.arq.queued_jobs(queue_name=services.settings.queue_name)
+    return [(j.function, j.args[0]) for j in jobs]
