@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 COGS: list[str] = [
     "bot.cogs.train",
     "bot.cogs.generate",
+    "bot.cogs.catalog",
     # B2: catalogue, privacy, queue, admin cogs go here.
 ]
 

@@ -1,0 +1,360 @@
+"""The kit and style catalogue: /kit add|train|import|edit|remove, /kits, and the same for styles.
+
+Changing the catalogue needs Manage Server: the groups carry ``default_permissions(manage_guild=True)`` (Discord
+hides them from others) and every handler checks again at run time (a server may re-grant a command to anyone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands, ui
+from discord.ext import commands
+
+from bot import catalogue, errors, imports, training_flow
+from bot.catalogue import Kind, kit_autocomplete, style_autocomplete
+from kitbooth.errors import InvalidInput, NotAllowed
+from storage import Kit, keys
+
+if TYPE_CHECKING:
+    from bot.app import KitBoothBot
+    from bot.services import Services
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 10
+MAX_PREVIEWS = 4  # images per page
+MANAGE = discord.Permissions(manage_guild=True)
+EXAMPLES = {"kit": "white shirt with a red collar, navy shorts", "style": "oil painting, visible brush strokes"}
+
+
+def _services(interaction: discord.Interaction) -> Services:
+    return interaction.client.services  # type: ignore[attr-defined]
+
+
+# --- add / edit / remove ----------------------------------------------------------------------------
+async def add_entry(interaction: discord.Interaction, kind: Kind, name: str, description: str) -> None:
+    catalogue.require_manager(interaction)
+    kit = await catalogue.add_words(_services(interaction).db, interaction.guild_id, name, description, kind,
+                                    created_by=interaction.user.id)
+    log.info("guild %s: %s %r added by %s", interaction.guild_id, kind, kit.name, interaction.user.id)
+    await interaction.response.send_message(
+        f"✅ Added the {kind} **{kit.name}**: {kit.description}\nUse it now: `/generate … {kind}:{kit.name}`.",
+        ephemeral=True,
+    )
+
+
+async def edit_entry(interaction: discord.Interaction, kind: Kind, name: str, description: str) -> None:
+    catalogue.require_manager(interaction)
+    db = _services(interaction).db
+    kit = await catalogue.get_entry(db, interaction.guild_id, name, kind)
+    text = catalogue.validate_description(description, kind)
+    await db.update_kit(kit.id, description=text)
+    await interaction.response.send_message(f"✏️ The {kind} **{kit.name}** now reads: {text}", ephemeral=True)
+
+
+async def remove_entry(interaction: discord.Interaction, kind: Kind, name: str) -> None:
+    catalogue.require_manager(interaction)
+    kit = await catalogue.remove_entry(_services(interaction), interaction.guild_id, name, kind)
+    log.info("guild %s: %s %r removed by %s", interaction.guild_id, kind, kit.name, interaction.user.id)
+    extra = " and its trained file" if kit.concept_id is not None else ""
+    await interaction.response.send_message(f"🗑️ Removed the {kind} **{kit.name}**{extra}.", ephemeral=True)
+
+
+# --- train ------------------------------------------------------------------------------------------
+def _default_description(kind: Kind, name: str) -> str:
+    return f"{name} football kit" if kind == "kit" else f"{name} style"
+
+
+async def _prepare_train(interaction: discord.Interaction, kind: Kind, name: str,
+                         description: str | None) -> tuple[str, str]:
+    catalogue.require_manager(interaction)
+    name = catalogue.validate_name(name, kind)
+    text = catalogue.validate_description(description or _default_description(kind, name), kind)
+    db = _services(interaction).db
+    await catalogue.ensure_seeded(db, interaction.guild_id)
+    if await db.get_kit(interaction.guild_id, name, kind) is not None:
+        raise InvalidInput(f"This server already has a {kind} called `{name}`. "
+                           f"Remove it first with `/{kind} remove`, or pick another name.")
+    return name, text
+
+
+async def run_train(interaction: discord.Interaction, kind: Kind, name: str, description: str,
+                    attachments: list[discord.Attachment]) -> None:
+    """Shared by the modal and the attachment options; the interaction is already deferred."""
+    services = _services(interaction)
+    uploads = await training_flow.read_attachments(attachments, services.settings.max_upload_bytes)
+    started = await training_flow.start_training(services, interaction, uploads, kind=kind, name=name,
+                                                 guild_id=interaction.guild_id)
+    try:
+        await services.db.add_kit(guild_id=interaction.guild_id, name=name, description=description, kind=kind,
+                                  concept_id=started.concept.id, created_by=interaction.user.id)
+    except Exception as exc:
+        # The name was taken while the photos were checked: do not leave a training nobody can use.
+        await catalogue.cancel_concept_jobs(services, started.concept)
+        await catalogue.delete_guild_concept(services, started.concept)
+        raise InvalidInput(
+            f"Another {kind} called `{name}` was added meanwhile; the training was cancelled.") from exc
+    log.info("guild %s: %s %r training as concept %s", interaction.guild_id, kind, name, started.concept.id)
+
+
+class TrainEntryModal(ui.Modal):
+    photos = ui.Label(
+        text="Photos (1-10)",
+        description="Clear photos of the kit or artwork in the style.",
+        component=ui.FileUpload(custom_id="photos", min_values=1, max_values=10),
+    )
+
+    def __init__(self, kind: Kind, name: str, description: str):
+        super().__init__(title=f"Teach KitBooth the {kind} {name}"[:45], timeout=15 * 60)
+        self.kind, self.name, self.description = kind, name, description
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        catalogue.require_manager(interaction)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        attachments = list(self.photos.component.values)  # type: ignore[attr-defined]
+        await run_train(interaction, self.kind, self.name, self.description, attachments)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        await errors.handle_interaction_error(interaction, error, where=f"/{self.kind} train (modal)")
+
+
+async def train_entry(interaction: discord.Interaction, kind: Kind, name: str, description: str | None,
+                      attachments: list[discord.Attachment | None]) -> None:
+    name, text = await _prepare_train(interaction, kind, name, description)
+    files = [a for a in attachments if a is not None]
+    if not files:
+        await training_flow.check_not_training(_services(interaction), interaction.user.id)
+        await interaction.response.send_modal(TrainEntryModal(kind, name, text))
+        return
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    await run_train(interaction, kind, name, text, files)
+
+
+# --- import -----------------------------------------------------------------------------------------
+async def import_entry(interaction: discord.Interaction, kind: Kind, name: str, file: discord.Attachment,
+                       description: str | None) -> None:
+    catalogue.require_manager(interaction)
+    services = _services(interaction)
+    settings, db, store = services.settings, services.db, services.store
+    name = catalogue.validate_name(name, kind)
+    text = catalogue.validate_description(description or _default_description(kind, name), kind)
+    # Cheap refusals before anything is downloaded.
+    imports.refuse_pickle_name(file.filename)
+    if not file.filename.lower().endswith(".safetensors"):
+        raise InvalidInput(f"`{imports._safe_name(file.filename)}` is not a `.safetensors` file. KitBooth "
+                           "imports Stable Diffusion 1.5 LoRAs and embeddings in safetensors format only.")
+    if file.size > settings.max_upload_bytes:
+        raise InvalidInput(f"That file is {file.size / 1e6:.1f} MB; the limit is "
+                           f"{settings.max_upload_bytes / 1e6:.1f} MB.")
+    await catalogue.ensure_seeded(db, interaction.guild_id)
+    if await db.get_kit(interaction.guild_id, name, kind) is not None:
+        raise InvalidInput(f"This server already has a {kind} called `{name}`. "
+                           f"Remove it first with `/{kind} remove`, or pick another name.")
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    data = await file.read()
+    info = await asyncio.to_thread(imports.check_import, data, file.filename,
+                                   hidden_size=settings.base_hidden_size, max_bytes=settings.max_upload_bytes)
+    tokens = [t for t in info.embedding_names if t not in ("emb_params",) and not t.startswith("string_to_param")]
+    concept = await db.create_concept(owner_id=None, guild_id=interaction.guild_id, kind=kind, name=name,
+                                      method="imported", status="pending", trigger_tokens=tokens)
+    key = keys.guild_concept_key(interaction.guild_id, concept.id)
+    try:
+        size = await asyncio.to_thread(store.put_bytes, key, data)
+        concept = await db.update_concept(concept.id, artifact_key=key, size_bytes=size, status="ready")
+        await catalogue._insert(db, interaction.guild_id, name, text, kind, interaction.user.id,
+                                concept_id=concept.id)
+    except BaseException:
+        store.delete(key)
+        await db.delete_concept(concept.id)
+        raise
+    log.info("guild %s: %s %r imported (%s) by %s", interaction.guild_id, kind, name, info.summary(),
+             interaction.user.id)
+    await interaction.followup.send(
+        f"📦 Imported the {kind} **{name}** — {info.summary()}. It's ready: `/generate … {kind}:{name}`.",
+        ephemeral=True,
+    )
+
+
+# --- listing ----------------------------------------------------------------------------------------
+def _badge(kit: Kit, concepts: dict[int, str]) -> str:
+    if kit.concept_id is None:
+        return "📝"
+    status = concepts.get(kit.concept_id, "?")
+    return {"ready": "🧠", "pending": "⏳", "training": "⏳", "failed": "⚠️"}.get(status, "🧠")
+
+
+class CataloguePages(ui.View):
+    """Paginated /kits and /styles (only the person who asked can turn the pages)."""
+
+    def __init__(self, services: Services, owner_id: int, kind: Kind, title: str, entries: list[Kit],
+                 concepts: dict[int, str]):
+        super().__init__(timeout=10 * 60)
+        self.services, self.owner_id, self.kind, self.title = services, owner_id, kind, title
+        self.entries, self.concepts, self.page = entries, concepts, 0
+        self.pages = max(1, math.ceil(len(entries) / PAGE_SIZE))
+        self._sync_buttons()
+
+    def _sync_buttons(self) -> None:
+        self.prev.disabled = self.page == 0
+        self.next.disabled = self.page >= self.pages - 1
+
+    def render(self) -> tuple[list[discord.Embed], list[discord.File]]:
+        chunk = self.entries[self.page * PAGE_SIZE:(self.page + 1) * PAGE_SIZE]
+        embed = discord.Embed(title=self.title, colour=discord.Colour.green())
+        if not chunk:
+            embed.description = f"No {self.kind}s yet. An admin can add one with `/{self.kind} add`."
+        lines = [f"{_badge(k, self.concepts)} **{k.name}** — {k.description[:120]}" for k in chunk]
+        if lines:
+            embed.description = "\n".join(lines)[:4000]
+        embed.set_footer(text=f"Page {self.page + 1}/{self.pages} · {len(self.entries)} {self.kind}s · "
+                              "📝 words  🧠 trained/imported  ⏳ learning")
+        embeds, files = [embed], []
+        for k in chunk:
+            if len(files) >= MAX_PREVIEWS or not k.preview_key:
+                continue
+            try:
+                data = self.services.store.get_bytes(k.preview_key)
+            except Exception:
+                continue
+            fname = f"preview-{k.id}.png"
+            files.append(discord.File(_bytes_io(data), filename=fname))
+            embeds.append(discord.Embed(title=k.name).set_image(url=f"attachment://{fname}"))
+        return embeds, files
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.user.id != self.owner_id:
+            raise NotAllowed(f"Only the person who asked can turn these pages — run `/{self.kind}s` yourself.")
+        return True
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception, item: ui.Item) -> None:
+        await errors.handle_interaction_error(interaction, error, where=f"/{self.kind}s pages")
+
+    async def _show(self, interaction: discord.Interaction) -> None:
+        self._sync_buttons()
+        embeds, files = self.render()
+        await interaction.response.edit_message(embeds=embeds, attachments=files, view=self)
+
+    @ui.button(label="◀ Prev", style=discord.ButtonStyle.secondary)
+    async def prev(self, interaction: discord.Interaction, button: ui.Button) -> None:
+        self.page = max(0, self.page - 1)
+        await self._show(interaction)
+
+    @ui.button(label="Next ▶", style=discord.ButtonStyle.secondary)
+    async def next(self, interaction: discord.Interaction, button: ui.Button) -> None:
+        self.page = min(self.pages - 1, self.page + 1)
+        await self._show(interaction)
+
+
+def _bytes_io(data: bytes):
+    import io
+
+    return io.BytesIO(data)
+
+
+async def list_entries(interaction: discord.Interaction, kind: Kind, search: str | None) -> None:
+    if interaction.guild_id is None:
+        raise NotAllowed("The catalogue belongs to a server: run this in a server channel.")
+    services = _services(interaction)
+    await catalogue.ensure_seeded(services.db, interaction.guild_id)
+    entries = await services.db.list_kits(interaction.guild_id, kind, search=(search or "").strip()[:40])
+    concepts = {}
+    for k in entries:
+        if k.concept_id is not None:
+            c = await services.db.get_concept(k.concept_id)
+            if c is not None:
+                concepts[k.concept_id] = c.status
+    guild_name = interaction.guild.name if interaction.guild else "this server"
+    title = f"{'Kits' if kind == 'kit' else 'Styles'} of {guild_name}" + (f" matching “{search}”" if search else "")
+    view = CataloguePages(services, interaction.user.id, kind, title, entries, concepts)
+    embeds, files = view.render()
+    kwargs = {"embeds": embeds, "ephemeral": True}
+    if view.pages > 1:
+        kwargs["view"] = view
+    if files:
+        kwargs["files"] = files
+    await interaction.response.send_message(**kwargs)
+
+
+# --- the command groups -----------------------------------------------------------------------------
+def make_group(kind: Kind) -> app_commands.Group:
+    auto = kit_autocomplete if kind == "kit" else style_autocomplete
+    group = app_commands.Group(name=kind, description=f"Manage this server's {kind}s (Manage Server).",
+                               guild_only=True, default_permissions=MANAGE)
+
+    @group.command(name="add", description=f"Add a {kind} described in words — usable at once.")
+    @app_commands.describe(name=f"Short name, e.g. {'Liverpool home' if kind == 'kit' else 'Comic book'}",
+                           description=f"Words for the prompt, e.g. {EXAMPLES[kind]}")
+    async def add(interaction: discord.Interaction, name: app_commands.Range[str, 1, 40],
+                  description: app_commands.Range[str, 1, 300]) -> None:
+        await add_entry(interaction, kind, name, description)
+
+    @group.command(name="edit", description=f"Change the words of a {kind}.")
+    @app_commands.describe(name=f"The {kind} to change", description="The new words for the prompt")
+    @app_commands.autocomplete(name=auto)
+    async def edit(interaction: discord.Interaction, name: app_commands.Range[str, 1, 40],
+                   description: app_commands.Range[str, 1, 300]) -> None:
+        await edit_entry(interaction, kind, name, description)
+
+    @group.command(name="train", description=f"Teach KitBooth a {kind} from 1-10 photos.")
+    @app_commands.describe(name=f"Name of the new {kind}", description="Words for the prompt (optional)",
+                           photo1="A photo (leave all empty to get an upload form)")
+    async def train(interaction: discord.Interaction, name: app_commands.Range[str, 1, 40],
+                    description: app_commands.Range[str, 1, 300] | None = None,
+                    photo1: discord.Attachment | None = None, photo2: discord.Attachment | None = None,
+                    photo3: discord.Attachment | None = None, photo4: discord.Attachment | None = None,
+                    photo5: discord.Attachment | None = None) -> None:
+        await train_entry(interaction, kind, name, description, [photo1, photo2, photo3, photo4, photo5])
+
+    @group.command(name="import", description=f"Import a {kind} from an SD 1.5 .safetensors LoRA or embedding.")
+    @app_commands.describe(name=f"Name of the new {kind}", file="A .safetensors LoRA or embedding for SD 1.5",
+                           description="Words for the prompt (optional)")
+    async def import_(interaction: discord.Interaction, name: app_commands.Range[str, 1, 40],
+                      file: discord.Attachment,
+                      description: app_commands.Range[str, 1, 300] | None = None) -> None:
+        await import_entry(interaction, kind, name, file, description)
+
+    @group.command(name="remove", description=f"Remove a {kind} (and its trained file) from this server.")
+    @app_commands.describe(name=f"The {kind} to remove")
+    @app_commands.autocomplete(name=auto)
+    async def remove(interaction: discord.Interaction, name: app_commands.Range[str, 1, 40]) -> None:
+        await remove_entry(interaction, kind, name)
+
+    return group
+
+
+class CatalogCog(commands.Cog):
+    def __init__(self, bot: KitBoothBot) -> None:
+        self.bot = bot
+
+    async def cog_load(self) -> None:
+        for kind in ("kit", "style"):
+            self.bot.tree.add_command(make_group(kind), override=True)
+
+    async def cog_unload(self) -> None:
+        for kind in ("kit", "style"):
+            self.bot.tree.remove_command(kind)
+
+    @commands.Cog.listener()
+    async def on_guild_join(self, guild: discord.Guild) -> None:
+        await catalogue.ensure_seeded(self.bot.services.db, guild.id)
+
+    @app_commands.command(name="kits", description="This server's kit catalogue.")
+    @app_commands.guild_only()
+    @app_commands.describe(search="Only kits whose name contains this")
+    async def kits(self, interaction: discord.Interaction, search: str | None = None) -> None:
+        await list_entries(interaction, "kit", search)
+
+    @app_commands.command(name="styles", description="This server's art styles.")
+    @app_commands.guild_only()
+    @app_commands.describe(search="Only styles whose name contains this")
+    async def styles(self, interaction: discord.Interaction, search: str | None = None) -> None:
+        await list_entries(interaction, "style", search)
+
+
+async def setup(bot: KitBoothBot) -> None:
+    await bot.add_cog(CatalogCog(bot))
