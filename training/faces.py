@@ -38,7 +38,6 @@ __all__ = [
     "MAX_FACE_PHOTOS",
     "MAX_REFERENCE_PHOTOS",
     "IDENTITY_THRESHOLD",
-    "TRIGGER",
     "PhotoVerdict",
     "PreparedPhoto",
     "PhotoReport",
@@ -61,9 +60,6 @@ log = logging.getLogger(__name__)
 MIN_FACE_PHOTOS = 4
 MAX_FACE_PHOTOS = 10
 MAX_REFERENCE_PHOTOS = 20
-
-# Placeholder for the concept's trigger words in captions: ``caption.format(trigger="<kb0> <kb1>")``.
-TRIGGER = "{trigger}"
 
 # Same person when the 128-d descriptors are closer than this (dlib's usual threshold).
 IDENTITY_THRESHOLD = 0.6
@@ -114,10 +110,10 @@ class PreparedPhoto:
     index: int  # 1-based position in the upload
     image: Image.Image  # RGB, resolution × resolution
     mask: Image.Image | None  # "L", same size, 255 on the face, feathered; None for kits and styles
-    caption: str  # holds TRIGGER: caption.format(trigger=...) or caption_with(...)
-
-    def caption_with(self, trigger: str) -> str:
-        return self.caption.replace(TRIGGER, trigger)
+    # Words describing this photo, without the trigger ("arsenal home kit"), or "" when nothing is known. The
+    # trainer appends them to its caption templates for the kind (training.data.expand_captions:
+    # "a photo of a {} football kit, arsenal home kit"); a caption holding "{}" or "{trigger}" is used as is.
+    caption: str
 
 
 @dataclass
@@ -507,7 +503,7 @@ def check_selfies(photos: Sequence[tuple[str, bytes]], *, resolution: int = 512)
             refuse(c.index, c.filename, _DIFFERENT)
             continue
         image, mask = _prepare_face(c.image, c.box, resolution)
-        prepared.append(PreparedPhoto(c.index, image, mask, f"a photo of {TRIGGER} person"))
+        prepared.append(PreparedPhoto(c.index, image, mask, ""))
         descriptors[c.index] = c.descriptor
         verdicts[c.index] = PhotoVerdict(c.index, c.filename, True, f"photo {c.index}: {_OK}")
 
@@ -537,12 +533,6 @@ def _duplicate_of(candidate: _Candidate, earlier: Sequence[_Candidate]) -> int |
     return None
 
 
-_REFERENCE_CAPTIONS = {
-    "kit": f"a photo of a {TRIGGER} football kit",
-    "style": f"a picture in {TRIGGER} style",
-}
-
-
 def prepare_reference_photos(
     photos: Sequence[tuple[str, bytes]],
     *,
@@ -550,8 +540,8 @@ def prepare_reference_photos(
     resolution: int = 512,
 ) -> PhotoReport:
     """Kit and style photos: no face rules. Decode, drop byte-identical and near-identical copies, centre
-    square crop at ``resolution``², and a caption (the file name's words when they mean something)."""
-    if kind not in _REFERENCE_CAPTIONS:
+    square crop at ``resolution``², and a caption: the file name's words when they mean something, else ""."""
+    if kind not in ("kit", "style"):
         raise ValueError(f"kind must be 'kit' or 'style', not {kind!r}")
     verdicts: list[PhotoVerdict] = []
     prepared: list[PreparedPhoto] = []
@@ -588,10 +578,7 @@ def prepare_reference_photos(
             refuse(f"same photo as photo {twin} — skipped")
             continue
         seen.append((index, h, a))
-        caption = _REFERENCE_CAPTIONS[kind]
-        words = caption_from_filename(filename)
-        if words:
-            caption = f"{caption}, {words}"
+        caption = caption_from_filename(filename)
         prepared.append(PreparedPhoto(index, center_square(img, resolution), None, caption))
         verdicts.append(PhotoVerdict(index, filename, True, f"photo {index}: {_OK}"))
     return PhotoReport(verdicts=verdicts, photos=prepared, min_photos=1, kind=kind)

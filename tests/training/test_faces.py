@@ -19,7 +19,6 @@ from training import faces
 from training.faces import (
     MAX_FACE_PHOTOS,
     MIN_FACE_PHOTOS,
-    TRIGGER,
     FaceBox,
     PhotoReport,
     PhotoVerdict,
@@ -62,9 +61,7 @@ def test_a_good_set_is_accepted_and_prepared():
     for p in report.photos:
         assert p.image.mode == "RGB" and p.image.size == (512, 512)
         assert p.mask is not None and p.mask.mode == "L" and p.mask.size == (512, 512)
-        assert TRIGGER in p.caption
-        assert p.caption_with("<kb0> <kb1>") == "a photo of <kb0> <kb1> person"
-        assert p.caption.format(trigger="sks") == "a photo of sks person"
+        assert p.caption == ""  # the trainer's face templates carry the words
     assert set(report.descriptors) == {1, 2, 3, 4, 5}
     assert all(d.shape == (128,) for d in report.descriptors.values())
     text = report.checklist().splitlines()
@@ -409,11 +406,11 @@ def test_reference_photos_skip_the_face_rules():
     assert report.verdicts[3].reason == "photo 4: same photo as photo 3 — skipped"
     assert report.verdicts[4].reason == "photo 5: not an image — send a JPEG or PNG photo"
     assert all(p.image.size == (256, 256) and p.mask is None for p in report.photos)
-    assert report.photos[0].caption == f"a photo of a {TRIGGER} football kit, arsenal home kit"
-    assert report.photos[1].caption == f"a photo of a {TRIGGER} football kit"
+    assert report.photos[0].caption == "arsenal home kit"
+    assert report.photos[1].caption == ""  # a camera file name says nothing
     assert report.ok() and report.kind == "kit"
     style = prepare_reference_photos([("retro-poster.png", photos.astronaut_png())], kind="style")
-    assert style.photos[0].caption.format(trigger="<s1>") == "a picture in <s1> style, retro poster"
+    assert style.photos[0].caption == "retro poster"
     assert style.photos[0].image.size == (512, 512)
     assert "ready" in style.checklist().splitlines()[-1]
 
