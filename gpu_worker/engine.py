@@ -25,8 +25,7 @@ class GenItem:
 
     payload: Any  # contract.GeneratePayload
     uses: list[Any]  # [training.compose.ConceptUse]
-    prompt: str  # the user's prompt (trigger words added by the prompt builder in training.generate)
-    init_image: Any = None  # PIL image for "vary"
+    request: Any  # training.generate.GenerationRequest (txt2img, or img2img for "vary")
     should_stop: Callable[[], bool] = lambda: False
     on_progress: Callable[[int, int, Any], None] = lambda step, total, preview: None
     pipeline_seconds: float = 0.0
@@ -67,17 +66,15 @@ class Engine:
         self.composer: Any = None
         self.base_model_id = settings.base_model
         self.upscaler: Any = None
+        self.calls: list[int] = []  # requests per pipeline call (observability and tests)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def load(self) -> None:
         from training.compose import Composer
-        from training.models import load_base_pipeline
 
         t0 = time.perf_counter()
         s = self.settings
-        self.pipe = load_base_pipeline(
-            s.base_model, device=s.device, dtype=s.dtype, offline=s.offline, safety_checker=s.safety_checker
-        )
+        self.pipe = _load_pipeline(s)
         self.composer = Composer(self.pipe, slots=s.ti_slots, lora_cache=s.lora_cache)
         log.info("pipeline %s loaded in %.2fs on %s", s.base_model, time.perf_counter() - t0, self.device)
 
@@ -115,7 +112,7 @@ class Engine:
     def generate_batch(self, items: list[GenItem]) -> list[Any]:
         """Run several users' requests in ONE pipeline call. Returns, per item, its list of
         ``GeneratedImage`` or the exception that failed it (other items are unaffected by a bad one)."""
-        from training.generate import GenerationRequest, generate
+        from training.generate import generate
 
         results: list[Any] = [None] * len(items)
         ok: list[int] = []
@@ -130,57 +127,29 @@ class Engine:
         if not ok:
             return results
         live = [items[i] for i in ok]
-        reqs = [
-            GenerationRequest(
-                prompt=it.prompt, concepts=it.uses, seed=it.payload.seed, count=it.payload.count,
-                width=it.payload.width, height=it.payload.height, steps=it.payload.steps,
-                guidance=it.payload.guidance, negative_prompt=it.payload.negative_prompt,
-                kit_words=it.payload.kit_words, style_words=it.payload.style_words,
-            )
-            for it in live
-        ]
 
-        def progress(step: int, total: int, preview: Any = None) -> None:
-            for j, it in enumerate(live):
-                p = preview[j] if isinstance(preview, list | tuple) and len(preview) == len(live) else (
-                    preview if len(live) == 1 else None)
-                it.on_progress(step, total, p)
+        def request_progress(j: int, step: int, total: int, preview: Any = None) -> None:
+            live[j].on_progress(step, total, preview)  # each request sees only its own preview
 
         t0 = time.perf_counter()
         out = generate(
-            self.pipe, self.composer, reqs, progress=progress, preview_every_s=1.0,
-            should_stop=lambda: all(it.should_stop() for it in live),
-            safety_checker=None if any(not it.payload.allow_nsfw for it in live) else False,
+            self.pipe, self.composer, [it.request for it in live], request_progress=request_progress,
+            preview_every_s=1.0, should_stop=lambda: all(it.should_stop() for it in live),
+            safety_checker=False if all(it.payload.allow_nsfw for it in live) or not self.settings.safety_checker
+            else None,
         )
         dt = time.perf_counter() - t0
+        self.calls.append(len(live))
         for j, i in enumerate(ok):
             items[i].pipeline_seconds = dt
             results[i] = JobCancelled() if items[i].should_stop() else out[j]
         return results
 
-    def vary(self, item: GenItem) -> list[Any]:
-        from training import generate as g
-
-        t0 = time.perf_counter()
-        self.check(item.uses)
-        p = item.payload
-        req = g.GenerationRequest(
-            prompt=item.prompt, concepts=item.uses, seed=p.seed, count=p.count, width=p.width, height=p.height,
-            steps=p.steps, guidance=p.guidance, negative_prompt=p.negative_prompt, kit_words=p.kit_words,
-            style_words=p.style_words,
-        )
-        out = g.vary(self.pipe, self.composer, req, item.init_image, strength=p.variation_strength,
-                     progress=lambda s, t, prev=None: item.on_progress(s, t, prev), should_stop=item.should_stop)
-        item.pipeline_seconds = time.perf_counter() - t0
-        return out
-
     def upscale(self, image: Any, prompt: str, seed: int) -> Any:
-        from training import generate as g
+        from training.generate import upscale
 
-        return g.upscale(self.pipe, image, prompt=prompt, seed=seed, upscaler=self._upscaler())
-
-    def _upscaler(self) -> Any:
-        return None
+        return upscale(self.pipe, image, prompt=prompt, seed=seed, upscaler=self.upscaler,
+                       safety_checker=None if self.settings.safety_checker else False)
 
     # --- training -------------------------------------------------------------------------------
     def train_config(self, payload: Any) -> Any:
@@ -229,7 +198,7 @@ class Engine:
             return []
         try:
             from training.compose import ConceptUse
-            from training.generate import GenerationRequest, generate
+            from training.generate import GenerationRequest, generate  # noqa: I001
 
             size = 512 if (payload.resolution or 512) >= 512 else int(payload.resolution)
             req = GenerationRequest(
@@ -247,7 +216,7 @@ class Engine:
     # --- export ---------------------------------------------------------------------------------
     def export(self, data: bytes, formats: list[str], out_dir: Path) -> list[Path]:
         from training.artifact import load_artifact
-        from training.formats import export
+        from training.formats import export  # noqa: I001
 
         art = load_artifact(data)
         files: list[Path] = []
@@ -262,3 +231,17 @@ def _sample_prompt(kind: str) -> str:
     return {"face": "a portrait photo of {} person, smiling",
             "kit": "a photo of a person wearing a {} football kit",
             "style": "a football stadium in {} style"}.get(kind, "{}")
+
+
+def _load_pipeline(s: Settings) -> Any:
+    try:
+        from training.models import load_base_pipeline
+    except ImportError:  # until training.models lands: a local diffusers folder only
+        import torch
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline.from_pretrained(s.base_model, local_files_only=True, safety_checker=None,
+                                                       requires_safety_checker=False, torch_dtype=torch.float32)
+        return pipe.to("cuda" if s.device == "cuda" else "cpu")
+    return load_base_pipeline(s.base_model, device=s.device, dtype=s.dtype, offline=s.offline,
+                              safety_checker=s.safety_checker)

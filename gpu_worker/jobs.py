@@ -189,17 +189,13 @@ def validate_generate(p: contract.GeneratePayload, max_prompt_chars: int) -> Non
         raise NotAllowed("You can only vary your own images.")
 
 
-def batch_key(p: contract.GeneratePayload) -> tuple:
-    """Requests that can share one pipeline call."""
-    return ("txt2img", p.width, p.height, p.steps, round(p.guidance, 3))
-
-
 async def generate(ctx: dict, payload: Any, **kwargs: Any) -> dict:
     return await _run(ctx, contract.GENERATE_JOB, payload, _generate, **kwargs)
 
 
 async def _generate(ctx: dict, p: contract.GeneratePayload, run: JobRun) -> dict:
     from training.compose import ConceptUse
+    from training.generate import GenerationRequest, vary
 
     settings, store, lane, engine = ctx["settings"], ctx["store"], ctx["lane"], ctx["engine"]
     validate_generate(p, settings.max_prompt_chars)
@@ -220,6 +216,13 @@ async def _generate(ctx: dict, p: contract.GeneratePayload, run: JobRun) -> dict
                 except ArtifactNotFound:
                     raise NotFound("The image to vary no longer exists.") from None
         what = "Varying" if init is not None else "Drawing"
+        request = GenerationRequest(
+            prompt=p.prompt, concepts=uses, seed=p.seed, count=p.count, width=p.width, height=p.height,
+            steps=p.steps, guidance=p.guidance, negative_prompt=p.negative_prompt, kit_words=p.kit_words,
+            style_words=p.style_words,
+        )
+        if init is not None:
+            request = vary(request, init.resize((p.width, p.height)), strength=p.variation_strength, seed=p.seed)
 
         def render(state: dict) -> Outgoing:
             png = preview_png(state.get("preview"))
@@ -227,14 +230,12 @@ async def _generate(ctx: dict, p: contract.GeneratePayload, run: JobRun) -> dict
                             files=[("preview.png", png)] if png else [])
 
         pump = ProgressPump(ctx.get("poster"), p.target, render, interval=settings_interval(ctx))
-        item = GenItem(payload=p, uses=uses, prompt=p.prompt, init_image=init, should_stop=watch.should_stop,
+        item = GenItem(payload=p, uses=uses, request=request, should_stop=watch.should_stop,
                        on_progress=lambda s, t, prev=None: pump.update(step=s, total=t, preview=prev))
         t_gpu = time.perf_counter()
         async with pump:
-            if init is not None:
-                images = await lane.call(lambda: engine.vary(item), priority=PRIO_GENERATE)
-            else:
-                images = await lane.call_batched(batch_key(p), item, engine.generate_batch, priority=PRIO_GENERATE)
+            images = await lane.call_batched(request.batch_key(), item, engine.generate_batch,
+                                             priority=PRIO_GENERATE)
         gpu_wall = time.perf_counter() - t_gpu
     if watch.should_stop():
         await asyncio.to_thread(_delete_prefix, store, p.output_prefix)

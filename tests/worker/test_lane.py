@@ -1,0 +1,88 @@
+"""The GPU lane: one thread, generate before training, cross-user batching (no torch needed)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from gpu_worker.gpu import PRIO_GENERATE, PRIO_TRAIN, GpuLane
+
+
+async def test_one_thread_priority_and_batching():
+    lane = GpuLane(max_batch=3, gather_s=0.2)
+    lane.start()
+    order: list[str] = []
+    threads: set[int] = set()
+    gate = threading.Event()
+
+    def blocker():
+        threads.add(threading.get_ident())
+        gate.wait(5)
+        order.append("slice-1")
+
+    def train2():
+        threads.add(threading.get_ident())
+        order.append("slice-2")
+
+    def runner(items):
+        threads.add(threading.get_ident())
+        order.append("batch:" + ",".join(items))
+        return [f"img-{i}" for i in items]
+
+    try:
+        first = asyncio.create_task(lane.call(blocker, priority=PRIO_TRAIN))
+        await asyncio.sleep(0.05)  # the slice is running
+        nxt = asyncio.create_task(lane.call(train2, priority=PRIO_TRAIN))  # queued before the generations
+        gens = [asyncio.create_task(lane.call_batched(("64", 2), u, runner, priority=PRIO_GENERATE))
+                for u in ("alice", "bob", "carol", "dave")]
+        other = asyncio.create_task(lane.call_batched(("128", 2), "erin", runner))
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(first, nxt, *gens, other)
+    finally:
+        await lane.close()
+    assert results[2:] == ["img-alice", "img-bob", "img-carol", "img-dave", "img-erin"]
+    # generations waited for the running slice only; same-key requests shared a call (max 3)
+    assert order == ["slice-1", "batch:alice,bob,carol", "batch:dave", "batch:erin", "slice-2"]
+    assert len(threads) == 1 and lane.batches == [3, 1, 1]
+
+
+async def test_gather_waits_for_jobs_still_preparing():
+    lane = GpuLane(max_batch=4, gather_s=1.0)
+    lane.start()
+    calls: list[list[str]] = []
+
+    def runner(items):
+        calls.append(list(items))
+        return list(items)
+
+    async def job(name: str, prep: float):
+        with lane.preparing():
+            await asyncio.sleep(prep)  # fetching concepts...
+        return await lane.call_batched("k", name, runner)
+
+    try:
+        t0 = time.monotonic()
+        a, b = await asyncio.gather(job("a", 0.0), job("b", 0.1))
+        waited = time.monotonic() - t0
+    finally:
+        await lane.close()
+    assert (a, b) == ("a", "b") and calls == [["a", "b"]] and waited < 0.9
+
+
+async def test_a_failing_call_does_not_stop_the_lane():
+    lane = GpuLane()
+    lane.start()
+
+    def boom():
+        raise RuntimeError("cuda oom")
+
+    try:
+        try:
+            await lane.call(boom)
+        except RuntimeError as exc:
+            assert "oom" in str(exc)
+        assert await lane.call(lambda: 42) == 42
+    finally:
+        await lane.close()
