@@ -463,6 +463,14 @@ class Database:
         )
         return {r[0]: r[1] for r in rows}
 
+    async def delete_outputs(self, job_id: int) -> list[str]:
+        """Delete a job's output rows; return their artifact keys (the caller deletes the files)."""
+        async with self.transaction() as conn:
+            async with conn.execute("SELECT artifact_key FROM outputs WHERE job_id = ?", (job_id,)) as cur:
+                found = [r[0] for r in await cur.fetchall()]
+            await conn.execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))
+        return found
+
 
 def _escape_like(s: str) -> str:
     return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
