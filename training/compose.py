@@ -28,10 +28,11 @@ import hashlib
 import logging
 import re
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -320,7 +321,9 @@ class Composer:
         )
         p = next(model.parameters())
         sd = {k: v.detach().to(device=p.device, dtype=p.dtype) for k, v in sd.items()}
-        inject_adapter_in_model(config, model, adapter_name=name, low_cpu_mem_usage=True)
+        with warnings.catch_warnings():  # "multiple adapters in the model": that is the point of the cache
+            warnings.simplefilter("ignore", UserWarning)
+            inject_adapter_in_model(config, model, adapter_name=name, low_cpu_mem_usage=True)
         result = set_peft_model_state_dict(model, sd, adapter_name=name, low_cpu_mem_usage=True)
         missing = [k for k in getattr(result, "missing_keys", []) if name in k and "lora_" in k]
         if missing:
@@ -332,9 +335,11 @@ class Composer:
 
     @staticmethod
     def _delete(model: torch.nn.Module, name: str) -> None:
-        for layer in _lora_layers(model):
-            if name in layer.lora_A:
-                layer.delete_adapter(name)
+        with warnings.catch_warnings():  # "adapter was active which is now deleted": all are inactive here
+            warnings.simplefilter("ignore", UserWarning)
+            for layer in _lora_layers(model):
+                if name in layer.lora_A:
+                    layer.delete_adapter(name)
         cfg = getattr(model, "peft_config", None)
         if isinstance(cfg, dict):
             cfg.pop(name, None)
