@@ -471,6 +471,27 @@ class Database:
             await conn.execute("DELETE FROM outputs WHERE job_id = ?", (job_id,))
         return found
 
+    # --- bot additions (B2) ------------------------------------------------------------------------
+    async def detach_user_catalogue(self, user_id: int) -> dict[str, int]:
+        """Before ``/forget``: kit/style concepts and catalogue entries the user made stay with their server but
+        lose the creator's id; unfinished ones (their training job goes with the user) are marked failed."""
+        now = utcnow()
+        async with self.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE concepts SET status = 'failed', error = 'training cancelled', updated_at = ?"
+                " WHERE owner_id = ? AND kind IN ('kit', 'style') AND status IN ('pending', 'training')",
+                (now, user_id),
+            )
+            failed = cur.rowcount
+            cur = await conn.execute(
+                "UPDATE concepts SET owner_id = NULL, updated_at = ? WHERE owner_id = ? AND kind IN ('kit', 'style')",
+                (now, user_id),
+            )
+            detached = cur.rowcount
+            cur = await conn.execute("UPDATE kits SET created_by = NULL WHERE created_by = ?", (user_id,))
+            kits = cur.rowcount
+        return {"catalogue_concepts": detached, "unfinished": failed, "catalogue_entries": kits}
+
 
 def _escape_like(s: str) -> str:
     return s.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
