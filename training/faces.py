@@ -291,14 +291,16 @@ def _descriptor(work: np.ndarray, rect: Any) -> np.ndarray:
 
 
 def face_descriptor(img: Image.Image) -> np.ndarray | None:
-    """The 128-d descriptor of the largest face in ``img`` (for evaluation), or None when there is no face."""
+    """The 128-d descriptor of the dominant (largest, confidently detected) face in ``img``, for evaluation; None
+    when there is no face."""
     work, _ = _work_copy(img)
     with _Models._infer_lock:
         found = _detect(work)
         if not found:
             return None
-        rect, _ = max(found, key=lambda rs: rs[0].area())
-        return _descriptor(work, rect)
+        boxes = [_to_box(r, s, 1.0) for r, s in found]
+        main, _ = _dominant(boxes)  # the same choice as the selfie checks (a weak false positive never wins)
+        return _descriptor(work, found[boxes.index(main)][0])
 
 
 def descriptor_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -333,7 +335,11 @@ def find_identity_outliers(
 def sharpness(img: Image.Image, box: FaceBox) -> float:
     """Variance of the Laplacian over the variance of the intensities of the face, resized to 64×64: a
     size- and contrast-independent measure of fine detail (0 flat or very blurred, 0.2-0.3 a sharp face)."""
-    crop = img.crop((round(box.left), round(box.top), round(box.right), round(box.bottom)))
+    left, top = max(0, round(box.left)), max(0, round(box.top))
+    right, bottom = min(img.width, round(box.right)), min(img.height, round(box.bottom))
+    if right - left < 2 or bottom - top < 2:
+        return 0.0
+    crop = img.crop((left, top, right, bottom))  # clamped: padding would add false edges
     g = np.asarray(
         crop.convert("L").resize((BLUR_SIZE, BLUR_SIZE), Image.Resampling.BILINEAR), dtype=np.float64
     )

@@ -117,8 +117,15 @@ def _decode(data: bytes, *, name: str, min_side: int, max_pixels: int) -> Image.
     # Decode strictly: a truncated file is an error here, never a half-grey picture.
     if isinstance(im, ImageFile.ImageFile):
         im.load()
-    im = ImageOps.exif_transpose(im)
-    return to_rgb(im)
+    return to_rgb(_upright(im))
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block leaves the pixels as stored rather than refusing them."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # malformed EXIF raises all sorts (SyntaxError, struct.error, KeyError, ...)
+        return im
 
 
 def _exif_orientation(im: Image.Image) -> int:
