@@ -85,7 +85,9 @@ class LoraParams(nn.Module):
         config = LoraConfig(r=self.rank, lora_alpha=self.alpha, lora_dropout=0.0, init_lora_weights=False,
                             target_modules=[p for p, _, _ in self.layers])
         try:
-            inject_adapter_in_model(config, model, adapter_name=name)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*peft_config.*")  # resident adapters: expected
+                inject_adapter_in_model(config, model, adapter_name=name)
             for (path, _, _), a, b in zip(self.layers, self.A, self.B, strict=True):
                 layer = model.get_submodule(path)
                 layer.lora_A[name].weight = a
