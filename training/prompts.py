@@ -20,9 +20,8 @@ from typing import Any
 MAX_TOKENS = 75
 
 DEFAULT_NEGATIVE = (
-    "lowres, blurry, low quality, worst quality, jpeg artifacts, deformed face, disfigured, asymmetric eyes, "
-    "bad anatomy, extra limbs, extra fingers, mutated hands, watermark, text, signature, logo, cropped, "
-    "out of frame"
+    "lowres, blurry, worst quality, jpeg artifacts, deformed face, disfigured, bad anatomy, extra fingers, "
+    "mutated hands, watermark, text, signature, cropped, out of frame"
 )
 
 #: Things a user may not type: CLIP's special tokens, our placeholder/slot tokens, any ``<...>`` token syntax.
@@ -81,9 +80,9 @@ def count_tokens(text: str, tokenizer: Any = None) -> int:
     rest = _PLACEHOLDER.sub(" ", text)
     if tokenizer is not None:
         if hasattr(tokenizer, "encode"):
-            ids = tokenizer.encode(rest, add_special_tokens=False)
+            ids = tokenizer.encode(rest, add_special_tokens=False, verbose=False)
         else:
-            ids = tokenizer(rest, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(rest, add_special_tokens=False, verbose=False)["input_ids"]
         return n + len(ids)
     return n + sum(_estimate_piece(p) for p in _PIECES.findall(rest.lower()))
 
@@ -117,8 +116,8 @@ def _subject(face_trigger: str | None, kit_words: str | None, style_words: str |
     return ""
 
 
-def _short(text: str, n: int = 60) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+def _short(text: str, n: int = 70) -> str:
+    return text if len(text) <= n else text[: n // 2].rstrip() + " … " + text[-(n // 2) :].lstrip()
 
 
 def build_prompt(
@@ -161,12 +160,13 @@ def build_prompt(
         budget = max_tokens - count_tokens(_join([subject, "x", style]), tokenizer) + count_tokens("x", tokenizer)
         kept, cut = _fit_words(user, max(budget, 0), tokenizer)
         truncated = True
-        notices.insert(0, f'prompt too long for the model ({total} of {max_tokens} tokens): dropped "{_short(cut)}"')
+        notices.insert(0, f"prompt too long for the model ({total} of {max_tokens} tokens): "
+                              f'dropped the last {len(cut.split())} words "{_short(cut)}"')
         text = _join([subject, kept, style])
         total = count_tokens(text, tokenizer)
 
     neg = " ".join((negative if negative is not None else DEFAULT_NEGATIVE).split())
-    if count_tokens(neg, tokenizer) > max_tokens:
+    if negative is not None and count_tokens(neg, tokenizer) > max_tokens:
         neg, cut = _fit_words(neg, max_tokens, tokenizer)
         truncated = True
         notices.append(f'negative prompt too long: dropped "{_short(cut)}"')
