@@ -194,7 +194,8 @@ async def enqueue_generate(
 def describe(req: GenerateRequest) -> str:
     n = f"{req.count} image{'s' if req.count != 1 else ''}"
     extra = "".join(
-        [f" in **{req.kit.name}**" if req.kit else "", f", {req.style.name} style" if req.style else ""]
+        [f" in **{req.kit.name}**" if req.kit and req.kit.name else "",
+         f", {req.style.name} style" if req.style and req.style.name else ""]
     )
     return f"🎨 {n} of you{extra}: *{discord.utils.escape_markdown(req.prompt)}*"
 

@@ -202,3 +202,28 @@ async def queued(services) -> list[tuple[str, dict]]:
     """(function, payload dict) of every job in the arq queue."""
     jobs = await services.arq.queued_jobs(queue_name=services.settings.queue_name)
     return [(j.function, j.args[0]) for j in jobs]
+
+
+async def emit(services, type_: str, job_id: int, user_id: int, kind: str, *, posted: bool = False,
+               target=None, **data) -> str:
+    """XADD one worker event to the events stream (what gpu_worker does)."""
+    from gpu_worker.contract import Event
+
+    ev = Event(type=type_, job_id=job_id, user_id=user_id, kind=kind, target=target, posted=posted, data=data)
+    entry = await services.redis.xadd(services.settings.events_stream, ev.to_fields())
+    return entry.decode() if isinstance(entry, bytes) else entry
+
+
+async def finish_generate(services, job, *, n: int | None = None, posted: bool = False) -> list[str]:
+    """Act as the worker for one generate job: write PNG outputs, emit job.done, let the bot consume it."""
+    from storage import keys
+
+    count = n if n is not None else job.payload.get("count", 1)
+    out = []
+    for i in range(count):
+        key = keys.output_key(job.user_id, job.id, i)
+        services.store.put_bytes(key, tiny_png((40 * i, 100, 200)))
+        out.append(key)
+    await emit(services, "job.done", job.id, job.user_id, job.kind, posted=posted, output_keys=out,
+               seeds=[job.payload.get("seed", 0) + i for i in range(count)], prompt=job.payload.get("prompt"))
+    return out
