@@ -130,3 +130,85 @@ async def test_defer_before_slow_work_modal_and_options(arena):
                           **{f"photo{i}": p for i, p in enumerate(selfies(4), 1)})
     assert_acknowledged_first(arena.env, start)
     assert _SEEN[-1] == callbacks_so_far(arena.env)
+
+
+# --- refusals with the real selfie checks (training.faces, dlib) --------------------------------------------
+def _bad(kind: str) -> tuple[str, bytes]:
+    from tests.training import photos
+
+    return {
+        "not an image": ("notes.png", photos.text_file()),
+        "no face": ("wall.jpg", photos.no_face()),
+        "two faces": ("friends.jpg", photos.two_faces()),
+        "empty": ("empty.jpg", photos.empty()),
+    }[kind]
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ("not an image", "photo 4: "),
+    ("no face", "photo 4: no face found"),
+    ("two faces", "photo 4: two people"),
+    ("empty", "photo 4: the file is empty"),
+])
+async def test_bad_photo_is_named_and_too_few_good_ones_refuse(arena, bad, expected):
+    shown = await arena.alice.slash(arena.channel, "train")
+    result = await arena.alice.submit_modal(shown, {"photos": selfies(3) + [_bad(bad)], "consent": ["yes"]})
+    text = result.response.content
+    assert result.response.ephemeral
+    assert "✅ photo 1: ok" in text and f"❌ {expected}" in text and "Only 3 usable photos" in text
+    assert await arena.services.db.list_jobs(user_id=arena.alice.id) == []
+    assert arena.services.store.list("users/") == []
+
+
+async def test_a_bad_photo_among_enough_good_ones_is_skipped(arena):
+    shown = await arena.alice.slash(arena.channel, "train")
+    result = await arena.alice.submit_modal(shown, {"photos": selfies(4) + [_bad("no face")], "consent": ["yes"]})
+    assert "❌ photo 5: no face found" in result.response.content and "queue" in result.response.content
+    (job,) = await arena.services.db.list_jobs(user_id=arena.alice.id)
+    assert len(job.payload["photo_keys"]) == 4
+
+
+async def test_too_big_photo(arena):
+    from tests.training import photos
+
+    big = ("huge.png", photos.astronaut_png())
+    arena.services.settings.max_upload_bytes = len(big[1]) - 1
+    shown = await arena.alice.slash(arena.channel, "train")
+    result = await arena.alice.submit_modal(shown, {"photos": selfies(3) + [big], "consent": ["yes"]})
+    assert "❌ photo 4: too big" in result.response.content
+    assert await arena.services.db.list_jobs(user_id=arena.alice.id) == []
+
+
+async def test_different_person_is_refused(arena, monkeypatch):
+    """No second bundled face exists: photo 4 becomes someone else at the descriptor seam."""
+    import numpy as np
+
+    from training import faces
+
+    real = faces._descriptor
+    calls = {"n": 0}
+
+    def other_person_on_4th(work, rect):
+        calls["n"] += 1
+        d = real(work, rect)
+        return d + np.float64(0.3) if calls["n"] == 4 else d
+
+    monkeypatch.setattr(faces, "_descriptor", other_person_on_4th)
+    shown = await arena.alice.slash(arena.channel, "train")
+    result = await arena.alice.submit_modal(shown, {"photos": selfies(4), "consent": ["yes"]})
+    assert "❌ photo 4: looks like a different person" in result.response.content
+    assert await arena.services.db.list_jobs(user_id=arena.alice.id) == []
+
+
+async def test_no_photos_with_attachment_path_opens_the_form_and_roles_gate_training(arena):
+    role = arena.guild.create_role("Trainer")
+    await arena.services.db.update_guild_settings(arena.guild.id, train_role_ids=[role.id])
+    r = await arena.alice.slash(arena.channel, "train")
+    assert r.modal is None and "only some roles" in r.response.content
+    r = await arena.alice.slash(arena.channel, "train", consent=True, photo1=selfies(1)[0])
+    assert "only some roles" in r.response.content
+
+
+async def test_one_photo_only_is_too_few(arena):
+    r = await arena.alice.slash(arena.channel, "train", consent=True, photo1=selfies(1)[0])
+    assert "Only 1 photo" in r.response.content and "4-10" in r.response.content
