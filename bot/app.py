@@ -24,6 +24,7 @@ COGS: list[str] = [
     "bot.cogs.train",
     "bot.cogs.generate",
     "bot.cogs.catalog",
+    "bot.cogs.privacy",
     # B2: catalogue, privacy, queue, admin cogs go here.
 ]
 
