@@ -6,7 +6,8 @@
   queued request with the same ``key`` (same size, steps...) is handed to ``runner(items)`` in ONE call, up to
   ``max_batch``. ``runner`` returns one result (or exception instance) per item.
 - Jobs that are still preparing a batchable request (fetching concepts...) call ``preparing()``: the dispatcher
-  waits for them briefly (``gather_s``) so that requests arriving together share a batch.
+  waits for them briefly (``gather_s``) so that requests arriving together share a batch; and a batchable
+  request lingers ``linger_s`` (20 ms) before it runs, for jobs that arq started at the same moment.
 
 The event loop never blocks on torch: it only awaits futures resolved by the GPU thread.
 """
@@ -43,9 +44,10 @@ class _Work:
 
 
 class GpuLane:
-    def __init__(self, *, max_batch: int = 4, gather_s: float = 0.25):
+    def __init__(self, *, max_batch: int = 4, gather_s: float = 0.25, linger_s: float = 0.02):
         self.max_batch = max_batch
         self.gather_s = gather_s
+        self.linger_s = linger_s
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="kitbooth-gpu")
         self._pending: list[_Work] = []
         self._seq = itertools.count()
@@ -84,22 +86,27 @@ class GpuLane:
         return await fut
 
     async def call_batched(
-        self, key: Hashable, item: Any, runner: Callable[[list[Any]], list[Any]], *, priority: int = PRIO_GENERATE
+        self, key: Hashable, item: Any, runner: Callable[[list[Any]], list[Any]], *, priority: int = PRIO_GENERATE,
+        preparing: _Preparing | None = None,
     ) -> Any:
         fut = asyncio.get_running_loop().create_future()
+        if preparing is not None:
+            preparing.release(wake=False)
         self._push(_Work(priority, next(self._seq), batch_key=key, item=item, runner=runner, future=fut))
         return await fut
 
     @contextlib.contextmanager
     def preparing(self):
-        """Mark a job that will soon submit a batchable request (so the dispatcher may wait for it)."""
+        """Mark a job that will soon submit a batchable request (so the dispatcher may wait for it). The
+        mark ends when the block exits or ``release()`` is called on the yielded handle (idempotent);
+        ``call_batched(..., preparing=handle)`` releases it as the request is queued."""
+        handle = _Preparing(self)
         self._preparing += 1
         self._wake.set()
         try:
-            yield
+            yield handle
         finally:
-            self._preparing -= 1
-            self._wake.set()
+            handle.release()
 
     def _push(self, work: _Work) -> None:
         self._pending.append(work)
@@ -114,7 +121,7 @@ class GpuLane:
         if first.batch_key is None:
             chosen = [first]
         else:
-            same = sorted(w for w in self._pending if w.batch_key == first.batch_key and w.runner is first.runner)
+            same = sorted(w for w in self._pending if w.batch_key == first.batch_key and w.runner == first.runner)
             chosen = same[: self.max_batch]
         ids = {id(w) for w in chosen}
         self._pending = [w for w in self._pending if id(w) not in ids]
@@ -125,11 +132,16 @@ class GpuLane:
         first = min(self._pending)
         if first.batch_key is None:
             return
-        deadline = time.monotonic() + self.gather_s
-        while self._preparing > 0 and time.monotonic() < deadline:
+        now = time.monotonic()
+        deadline = now + self.gather_s
+        linger = first.queued_at + self.linger_s  # jobs started together reach the lane a few ms apart
+        while time.monotonic() < deadline and (self._preparing > 0 or time.monotonic() < linger):
             n = sum(1 for w in self._pending if w.batch_key == first.batch_key)
             if n >= self.max_batch:
                 return
+            if self._preparing == 0:
+                await asyncio.sleep(max(0.0, linger - time.monotonic()))
+                continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - time.monotonic()))
@@ -172,6 +184,18 @@ class GpuLane:
                             _resolve(w.future, r)
             finally:
                 self.busy = False
+
+
+class _Preparing:
+    def __init__(self, lane: GpuLane):
+        self._lane: GpuLane | None = lane
+
+    def release(self, wake: bool = True) -> None:
+        if self._lane is not None:
+            self._lane._preparing -= 1
+            if wake:
+                self._lane._wake.set()
+            self._lane = None
 
 
 def _resolve(fut: asyncio.Future | None, value: Any = None, *, exc: BaseException | None = None) -> None:

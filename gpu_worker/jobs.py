@@ -32,7 +32,14 @@ from gpu_worker.gpu import PRIO_GENERATE, PRIO_LIGHT, PRIO_TRAIN
 from gpu_worker.metrics import job_line
 from gpu_worker.progress import ProgressPump, preview_png
 from gpu_worker.render import Outgoing, failure_text, generate_result, progress_text
-from kitbooth.errors import InvalidInput, JobCancelled, NotAllowed, NotFound, UserFacingError
+from kitbooth.errors import (
+    IncompatibleArtifact,
+    InvalidInput,
+    JobCancelled,
+    NotAllowed,
+    NotFound,
+    UserFacingError,
+)
 from storage import ArtifactNotFound, keys
 
 log = logging.getLogger(__name__)
@@ -136,9 +143,12 @@ async def _run(ctx: dict, kind: str, raw: Any, handler: Callable[[dict, Any, Job
         return {"ok": False, "cancelled": True}
     except UserFacingError as exc:
         run.outcome = "failed"
+        reason = exc.message
+        if isinstance(exc, IncompatibleArtifact) and not reason[:1].isupper():
+            reason = f"A concept in this request cannot be used: {reason}."  # training/'s messages are fragments
         await _report_failure(ctx, kind, run.job_id if isinstance(run.job_id, int) else None, run.user_id,
-                              getattr(payload, "target", None), exc.message)
-        return {"ok": False, "reason": exc.message}
+                              getattr(payload, "target", None), reason)
+        return {"ok": False, "reason": reason}
     except asyncio.CancelledError:
         run.outcome = "interrupted"  # arq timeout or shutdown: arq retries the job
         raise
@@ -190,10 +200,11 @@ def validate_generate(p: contract.GeneratePayload, max_prompt_chars: int) -> Non
 
 
 async def generate(ctx: dict, payload: Any, **kwargs: Any) -> dict:
-    return await _run(ctx, contract.GENERATE_JOB, payload, _generate, **kwargs)
+    with ctx["lane"].preparing() as prep:  # from the first moment: requests started together share a batch
+        return await _run(ctx, contract.GENERATE_JOB, payload, _generate, preparing=prep, **kwargs)
 
 
-async def _generate(ctx: dict, p: contract.GeneratePayload, run: JobRun) -> dict:
+async def _generate(ctx: dict, p: contract.GeneratePayload, run: JobRun, preparing: Any = None) -> dict:
     from training.compose import ConceptUse
     from training.generate import GenerationRequest, vary
 
@@ -203,18 +214,17 @@ async def _generate(ctx: dict, p: contract.GeneratePayload, run: JobRun) -> dict
     async with CancelWatch(ctx["redis"], user_id=p.user_id, job_id=p.job_id, created_at=created) as watch:
         if await watch.check():
             raise JobCancelled()
-        with lane.preparing():
-            uses = []
-            for ref in (p.face, p.kit, p.style):
-                if ref is not None:
-                    art = await ctx["concepts"].get(ref.key, ref.sha256)
-                    uses.append(ConceptUse(ref.key, art, ref.weight))
-            init = None
-            if p.variation_of:
-                try:
-                    init = _png_to_image(await asyncio.to_thread(store.get_bytes, p.variation_of))
-                except ArtifactNotFound:
-                    raise NotFound("The image to vary no longer exists.") from None
+        uses = []
+        for ref in (p.face, p.kit, p.style):
+            if ref is not None:
+                art = await ctx["concepts"].get(ref.key, ref.sha256)
+                uses.append(ConceptUse(ref.key, art, ref.weight))
+        init = None
+        if p.variation_of:
+            try:
+                init = _png_to_image(await asyncio.to_thread(store.get_bytes, p.variation_of))
+            except ArtifactNotFound:
+                raise NotFound("The image to vary no longer exists.") from None
         what = "Varying" if init is not None else "Drawing"
         request = GenerationRequest(
             prompt=p.prompt, concepts=uses, seed=p.seed, count=p.count, width=p.width, height=p.height,
@@ -235,7 +245,7 @@ async def _generate(ctx: dict, p: contract.GeneratePayload, run: JobRun) -> dict
         t_gpu = time.perf_counter()
         async with pump:
             images = await lane.call_batched(request.batch_key(), item, engine.generate_batch,
-                                             priority=PRIO_GENERATE)
+                                             priority=PRIO_GENERATE, preparing=preparing)
         gpu_wall = time.perf_counter() - t_gpu
     if watch.should_stop():
         await asyncio.to_thread(_delete_prefix, store, p.output_prefix)

@@ -113,11 +113,12 @@ async def start_worker(worker_settings, engine, store):
 
     yield start
     for w, task in started:
+        await asyncio.sleep(0.05)  # let finished jobs write their results
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await w.close()  # cancels running jobs and the poll loop, runs on_shutdown
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
-        with contextlib.suppress(Exception):
-            await w.close()
 
 
 async def read_events(redis, stream: str) -> list[contract.Event]:

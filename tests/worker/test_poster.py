@@ -40,7 +40,7 @@ async def test_final_edits_the_original_response_with_files_and_buttons(simcord_
     assert [a.filename for a in resp.attachments] == ["grid.png"]
     assert await resp.attachments[0].read() == _png()
     ids = [c["custom_id"] for row in resp.components for c in row["components"]]
-    assert ids[0] == "kb:u:7:0:%d" % alice.id and "kb:d:7:0:%d" % alice.id in ids
+    assert ids[0] == f"kb:u:7:0:{alice.id}" and f"kb:d:7:0:{alice.id}" in ids
     assert len(ch.history()) == 1  # edited in place, nothing new
 
 
