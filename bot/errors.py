@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import traceback
 
 import discord
 from discord import app_commands
@@ -74,10 +75,15 @@ async def handle_interaction_error(interaction: discord.Interaction, error: Base
         incident = new_incident_id()
         cmd = where or (f"/{interaction.command.qualified_name}" if interaction.command else "interaction")
         original = unwrap(error)
+        # The traceback is formatted here so this interaction's token can be cut out of it (and of the
+        # message) whatever its format; the log filter catches tokens in Discord's own formats elsewhere.
+        details = "".join(traceback.format_exception(original))
+        token = getattr(interaction, "token", None)
+        if token:
+            details = details.replace(token, "[interaction-token]")
         log.error(
-            "incident %s: %s failed for user %s in guild %s: %s: %s", incident, cmd,
-            interaction.user.id if interaction.user else "?", interaction.guild_id,
-            type(original).__name__, original, exc_info=(type(original), original, original.__traceback__),
+            "incident %s: %s failed for user %s in guild %s\n%s", incident, cmd,
+            interaction.user.id if interaction.user else "?", interaction.guild_id, details.rstrip(),
         )
         text = GENERIC.format(incident=incident)
     await reply(interaction, text)

@@ -78,6 +78,12 @@ class Arena:
     alice: Any
     bob: Any
 
+    error_cursor: int = 0
+
+    def expect_errors(self) -> None:
+        """Errors captured so far were intended by the test (e.g. an incident test)."""
+        self.error_cursor = self.env.error_cursor
+
     @property
     def bot(self):
         return self.env.bot
@@ -98,8 +104,10 @@ def arena(simcord_env):
     channel = guild.create_text_channel("kitbooth")
     alice = guild.add_member(simcord_env.create_user("alice"))
     bob = guild.add_member(simcord_env.create_user("bob"))
-    yield Arena(simcord_env, guild, channel, alice, bob)
-    unexpected = [e for e in simcord_env.errors if not isinstance(unwrap(e), UserFacingError)]
+    arena = Arena(simcord_env, guild, channel, alice, bob)
+    yield arena
+    captured = simcord_env.errors[arena.error_cursor:]
+    unexpected = [e for e in captured if not isinstance(unwrap(e), UserFacingError)]
     if unexpected:
         raise ExceptionGroup("the bot raised unexpected errors", unexpected)
 
