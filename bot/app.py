@@ -25,7 +25,8 @@ COGS: list[str] = [
     "bot.cogs.generate",
     "bot.cogs.catalog",
     "bot.cogs.privacy",
-    # B2: catalogue, privacy, queue, admin cogs go here.
+    "bot.cogs.queue",
+    "bot.cogs.admin",
 ]
 
 

@@ -1,0 +1,140 @@
+"""/kitbooth settings (Manage Server): the daily image quota, which roles may train a face, NSFW per channel.
+
+Called without options it shows the current settings; every option given is applied, then the result shown.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import catalogue
+from kitbooth.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from bot.app import KitBoothBot
+    from bot.services import Services
+    from storage import GuildSettings
+
+log = logging.getLogger(__name__)
+
+MAX_QUOTA = 1000
+NsfwChoice = Literal["allow", "block", "default"]
+
+
+def render(settings: GuildSettings, default_quota: int, guild: discord.Guild | None) -> discord.Embed:
+    e = discord.Embed(title="KitBooth settings", colour=discord.Colour.dark_teal())
+    quota = (f"{settings.daily_quota} images per user per day" if settings.daily_quota is not None
+             else f"{default_quota} images per user per day (default)")
+    e.add_field(name="Daily quota", value=quota, inline=False)
+    roles = settings.train_role_ids
+    e.add_field(name="Who may train a face",
+                value=", ".join(f"<@&{r}>" for r in roles) if roles else "everyone", inline=False)
+    policy = settings.nsfw_policy
+    lines = [f"<#{cid}>: {'allowed' if v == 'allow' else 'blocked'}" for cid, v in sorted(policy.items())]
+    e.add_field(name="NSFW images", value="\n".join(lines + ["other channels: only channels marked NSFW"])[:1024],
+                inline=False)
+    return e
+
+
+async def apply_settings(
+    services: Services, guild_id: int, *, daily_quota: int | None = None, reset_quota: bool = False,
+    add_train_role: int | None = None, remove_train_role: int | None = None, everyone_may_train: bool = False,
+    nsfw_channel: int | None = None, nsfw: NsfwChoice | None = None,
+) -> tuple[GuildSettings, list[str]]:
+    """Validate every option first, then write once; returns the new settings and what changed."""
+    db = services.db
+    current = await db.guild_settings(guild_id)
+    changes: dict = {}
+    said: list[str] = []
+    if daily_quota is not None and reset_quota:
+        raise InvalidInput("Give either `daily_quota` or `reset_quota`, not both.")
+    if daily_quota is not None:
+        if not 0 <= daily_quota <= MAX_QUOTA:
+            raise InvalidInput(f"The daily quota must be between 0 and {MAX_QUOTA}.")
+        changes["daily_quota"] = daily_quota
+        said.append(f"daily quota → {daily_quota}")
+    elif reset_quota:
+        changes["daily_quota"] = None
+        said.append(f"daily quota → default ({services.settings.daily_quota})")
+    if (nsfw is None) != (nsfw_channel is None):
+        raise InvalidInput("To set the NSFW policy give both `nsfw_channel` and `nsfw` (allow, block or default).")
+    roles = list(current.train_role_ids)
+    if everyone_may_train and add_train_role is not None:
+        raise InvalidInput("Give either `everyone_may_train` or `add_train_role`, not both.")
+    if everyone_may_train:
+        roles = []
+        said.append("everyone may train")
+    if add_train_role is not None and add_train_role not in roles:
+        roles.append(add_train_role)
+        said.append(f"<@&{add_train_role}> may train")
+    if remove_train_role is not None and remove_train_role in roles:
+        roles.remove(remove_train_role)
+        said.append(f"<@&{remove_train_role}> may no longer train")
+    if roles != list(current.train_role_ids):
+        changes["train_role_ids"] = roles
+    if nsfw_channel is not None and nsfw is not None:
+        policy = dict(current.nsfw_policy)
+        if nsfw == "default":
+            policy.pop(str(nsfw_channel), None)
+        else:
+            policy[str(nsfw_channel)] = nsfw
+        changes["nsfw_policy"] = policy
+        said.append(f"NSFW in <#{nsfw_channel}> → {nsfw}")
+    if changes:
+        current = await db.update_guild_settings(guild_id, **changes)
+        log.info("guild %s: settings changed: %s", guild_id, sorted(changes))
+    return current, said
+
+
+class AdminCog(commands.Cog):
+    kitbooth = app_commands.Group(name="kitbooth", description="KitBooth server settings (Manage Server).",
+                                  guild_only=True, default_permissions=discord.Permissions(manage_guild=True))
+
+    def __init__(self, bot: KitBoothBot) -> None:
+        self.bot = bot
+
+    @kitbooth.command(name="settings", description="Show or change quotas, who may train, and NSFW per channel.")
+    @app_commands.describe(
+        daily_quota=f"Images per user per day (0-{MAX_QUOTA})",
+        reset_quota="Go back to the default daily quota",
+        add_train_role="Allow this role to train a face (once any role is set, only those roles may)",
+        remove_train_role="Stop this role from training",
+        everyone_may_train="Let everyone train again (clears the role list)",
+        nsfw_channel="The channel whose NSFW policy to set",
+        nsfw="allow, block, or default (only channels marked NSFW allow it)",
+    )
+    async def settings(
+        self, interaction: discord.Interaction,
+        daily_quota: app_commands.Range[int, 0, MAX_QUOTA] | None = None,
+        reset_quota: bool = False,
+        add_train_role: discord.Role | None = None,
+        remove_train_role: discord.Role | None = None,
+        everyone_may_train: bool = False,
+        nsfw_channel: discord.TextChannel | None = None,
+        nsfw: NsfwChoice | None = None,
+    ) -> None:
+        catalogue.require_manager(interaction)
+        services: Services = interaction.client.services  # type: ignore[attr-defined]
+        if add_train_role is not None and add_train_role.is_default():
+            raise InvalidInput("@everyone can always train unless roles are set — use `everyone_may_train`.")
+        new, said = await apply_settings(
+            services, interaction.guild_id, daily_quota=daily_quota, reset_quota=reset_quota,
+            add_train_role=add_train_role.id if add_train_role else None,
+            remove_train_role=remove_train_role.id if remove_train_role else None,
+            everyone_may_train=everyone_may_train, nsfw_channel=nsfw_channel.id if nsfw_channel else None,
+            nsfw=nsfw,
+        )
+        head = ("✅ Updated: " + "; ".join(said)) if said else "Current settings:"
+        await interaction.response.send_message(
+            head, embed=render(new, services.settings.daily_quota, interaction.guild), ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+
+async def setup(bot: KitBoothBot) -> None:
+    await bot.add_cog(AdminCog(bot))
