@@ -7,6 +7,7 @@ hides them from others) and every handler checks again at run time (a server may
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 from typing import TYPE_CHECKING
@@ -166,6 +167,7 @@ async def import_entry(interaction: discord.Interaction, kind: Kind, name: str, 
     try:
         size = await asyncio.to_thread(store.put_bytes, key, data)
         concept = await db.update_concept(concept.id, artifact_key=key, size_bytes=size, status="ready")
+        await db.set_concept_sha256(concept.id, hashlib.sha256(data).hexdigest())
         await catalogue._insert(db, interaction.guild_id, name, text, kind, interaction.user.id,
                                 concept_id=concept.id)
     except BaseException:

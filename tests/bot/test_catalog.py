@@ -195,7 +195,10 @@ async def test_import_embedding(arena):
     assert concept.artifact_key == keys.guild_concept_key(arena.guild.id, concept.id)
     assert s.store.get_bytes(concept.artifact_key) == embedding()
     res = await catalogue.resolve(s.db, arena.guild.id, "sketchy", "style")
-    assert res.concept == contract.ConceptRef(key=concept.artifact_key, kind="style")
+    import hashlib
+
+    sha = hashlib.sha256(embedding()).hexdigest()
+    assert res.concept == contract.ConceptRef(key=concept.artifact_key, kind="style", sha256=sha)
 
 
 def _text(r):
