@@ -268,3 +268,21 @@ async def test_kits_shows_previews(arena):
 async def test_styles_list(arena):
     r = await arena.alice.slash(arena.channel, "styles")
     assert "Comic book" in r.response.embeds[0].description
+
+
+@pytest.mark.parametrize("bot_cogs", [None])  # every cog, as in production
+async def test_generate_autocomplete_sees_the_catalogue(arena):
+    carol = admin_of(arena)
+    await carol.slash(arena.channel, "kit add", name="Hometown FC", description="white shirt, navy shorts")
+    choices = await arena.alice.autocomplete(arena.channel, "generate", "kit", "Hometown", prompt="me")
+    assert "Hometown FC" in [c["name"] for c in choices]
+    choices = await arena.alice.autocomplete(arena.channel, "generate", "style", "comic", prompt="me")
+    assert [c["name"] for c in choices] == ["Comic book"]
+
+
+async def test_kit_autocomplete_prefers_prefix_matches(arena):
+    carol = admin_of(arena)
+    choices = await carol.autocomplete(arena.channel, "kit remove", "name", "man")
+    names = [c["name"] for c in choices]
+    assert names[:3] == ["Manchester City home", "Manchester United away", "Manchester United home"]
+    assert "Paris Saint-Germain home" in names[3:]  # contains "man", but not at the start
