@@ -1,9 +1,251 @@
-"""Subcommands contributed to ``kitbooth`` (see kitbooth/cli.py). Torch-free at import time."""
+"""``kitbooth generate | inspect | convert | eval``. Torch-free at import time; heavy imports inside each command."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this package's subcommands (none yet)."""
+    p = sub.add_parser("generate", help="generate images with one or more concept files")
+    p.add_argument("--concept", action="append", default=[], metavar="FILE", help="concept file (repeatable)")
+    p.add_argument("--weight", action="append", type=float, default=[], help="weight per --concept (default 1)")
+    p.add_argument("--prompt", required=True, help="what to draw (the face/kit/style triggers are added)")
+    p.add_argument("--out", required=True, help="output folder for the PNGs")
+    _model_args(p)
+    p.add_argument("--seed", type=int, default=None, help="seed of the first image (default: random)")
+    p.add_argument("--count", type=int, default=1, choices=range(1, 5), metavar="1-4")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--size", type=int, default=512, help="width and height in pixels (multiple of 8)")
+    p.add_argument("--guidance", type=float, default=7.0)
+    p.add_argument("--negative", default=None, help="negative prompt (default: a sensible one)")
+    p.add_argument("--kit-words", default=None, help='e.g. "Arsenal 2024 home kit"')
+    p.add_argument("--style-words", default=None)
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("inspect", help="show a concept file's metadata, size and compatibility")
+    p.add_argument("file")
+    p.add_argument("--base-model", default=None, help="check compatibility with this base model (ID|DIR|FILE)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("convert", help="export a concept file as diffusers, A1111 or kohya files")
+    p.add_argument("file")
+    p.add_argument("--to", required=True, choices=["diffusers", "a1111", "kohya"])
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("eval", help="measure a concept: identity vs held-out photos, CLIP-T, size, time")
+    p.add_argument("--concept", required=True, metavar="FILE")
+    p.add_argument("--photos", required=True, metavar="HELD_OUT_DIR", help="photos NOT used for training")
+    _model_args(p)
+    p.add_argument("--k", type=int, default=4, help="images per prompt")
+    p.add_argument("--prompts", type=int, default=None, help="use only the first N prompts of the fixed set")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip-model", default=None, help="local CLIP model (default: the hub cache's ViT-L/14)")
+    p.add_argument("--out", default=None, help="also write the images here")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_eval)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base-model", default=None, help="hub id, diffusers folder or .safetensors (default: settings)")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda (default: settings)")
+    p.add_argument("--no-safety-checker", action="store_true", help="do not run the safety checker")
+
+
+def _load(args: argparse.Namespace, settings: Any) -> tuple[Any, Any]:
+    from training.compose import Composer
+    from training.models import load_base_pipeline
+
+    print(f"loading {args.base_model or settings.base_model} ...", file=sys.stderr)
+    pipe = load_base_pipeline(
+        args.base_model or settings.base_model, device=args.device or settings.device, dtype=settings.dtype,
+        offline=settings.offline,
+        safety_checker=False if args.no_safety_checker else (settings.safety_checker_model or settings.safety_checker),
+    )
+    return pipe, Composer(pipe, slots=settings.ti_slots, lora_cache=settings.lora_cache)
+
+
+def _bar(total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="step", file=sys.stderr, leave=False)
+
+
+def _generate(args: argparse.Namespace, settings: Any) -> int:
+    from kitbooth.errors import UserFacingError
+    from training.artifact import load_artifact
+    from training.compose import ConceptUse
+    from training.generate import GenerationRequest, generate
+
+    if args.weight and len(args.weight) != len(args.concept):
+        print("error: give one --weight per --concept (or none)", file=sys.stderr)
+        return 2
+    try:
+        uses = [ConceptUse(str(Path(f).resolve()), load_artifact(Path(f)), w)
+                for f, w in zip(args.concept, args.weight or [1.0] * len(args.concept), strict=True)]
+        seed = args.seed if args.seed is not None else random.randrange(2**32)
+        req = GenerationRequest(args.prompt, uses, seed=seed, count=args.count, width=args.size, height=args.size,
+                                steps=args.steps, guidance=args.guidance, negative_prompt=args.negative,
+                                kit_words=args.kit_words, style_words=args.style_words)
+        pipe, composer = _load(args, settings)
+        bar = _bar(args.steps, "generating")
+
+        def progress(step: int, total: int, _preview: Any) -> None:
+            bar.total = total
+            bar.n = step
+            bar.refresh()
+
+        try:
+            images = generate(pipe, composer, [req], progress=progress,
+                              safety_checker=False if args.no_safety_checker else None)[0]
+        finally:
+            bar.close()
+    except UserFacingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if images and images[0].notice:
+        print(f"note: {images[0].notice}", file=sys.stderr)
+    for i, g in enumerate(images):
+        path = out / f"{i:02d}-seed{g.seed}.png"
+        path.write_bytes(g.png)
+        print(f"{path}{'  (blocked by the safety checker)' if g.nsfw else ''}")
+    print(f"prompt: {images[0].prompt}", file=sys.stderr)
+    return 0
+
+
+def full_size_parameters(art: Any, hidden_size: int = 768) -> int:
+    """Parameters the same concept (method, rank, target layer types) has on full-size SD 1.5.
+
+    Counted on SD 1.5's UNet and text encoder built on the meta device (no memory), by matching the artifact's
+    target layer types (``to_q``, ``to_out.0``, ``q_proj`` ...).
+    """
+    import torch
+
+    from training.models import SD15_TEXT, SD15_UNET
+
+    n = art.embeddings.shape[0] * hidden_size if art.embeddings is not None else 0
+    for sd, which in ((art.unet_lora, "unet"), (art.text_lora, "text")):
+        if not sd:
+            continue
+        modules = {k.rsplit(".lora_", 1)[0] for k in sd}
+        suffixes = {".".join(m.split(".")[-2:]) if m.split(".")[-1].isdigit() else m.split(".")[-1] for m in modules}
+        ranks = [t.shape[0] for k, t in sd.items() if ".lora_A." in k]
+        rank = art.rank or max(set(ranks), key=ranks.count)
+        with torch.device("meta"):
+            if which == "unet":
+                from diffusers import UNet2DConditionModel
+
+                model = UNet2DConditionModel(**{k: v for k, v in SD15_UNET.items() if not k.startswith("_")})
+            else:
+                from transformers import CLIPTextConfig, CLIPTextModel
+
+                cfg = {k: v for k, v in SD15_TEXT.items() if k not in ("architectures", "model_type", "torch_dtype")}
+                model = CLIPTextModel(CLIPTextConfig(**cfg))
+        for name, mod in model.named_modules():
+            w = getattr(mod, "weight", None)
+            if w is not None and w.dim() >= 2 and any(name == s or name.endswith("." + s) for s in suffixes):
+                n += rank * (w.shape[1] + w.shape[0])
+    return n
+
+
+def _inspect(args: argparse.Namespace, settings: Any) -> int:
+    from kitbooth.errors import IncompatibleArtifact, UserFacingError
+    from training.artifact import check_compatible, load_artifact
+
+    path = Path(args.file)
+    try:
+        art = load_artifact(path)
+    except IncompatibleArtifact as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    info: dict[str, Any] = {
+        "file": str(path), "bytes": path.stat().st_size, "kind": art.kind, "method": art.method,
+        "base_model": art.base_model, "hidden_size": art.hidden_size, "tokens": art.tokens,
+        "trigger": art.trigger, "vectors": 0 if art.embeddings is None else int(art.embeddings.shape[0]),
+        "unet_lora_layers": len({k.rsplit(".lora_", 1)[0] for k in art.unet_lora}),
+        "text_lora_layers": len({k.rsplit(".lora_", 1)[0] for k in art.text_lora}),
+        "rank": art.rank, "alpha": art.alpha, "steps": art.steps, "created": art.created, "version": art.version,
+        "parameters": art.num_parameters, "extra": art.extra,
+    }
+    full = full_size_parameters(art)
+    info["full_size_parameters"] = full
+    info["full_size_bytes_fp16"] = full * 2
+    if args.base_model:
+        try:
+            from training.models import load_base_pipeline
+
+            pipe = load_base_pipeline(args.base_model, device=args.device, offline=settings.offline,
+                                      safety_checker=False)
+            check_compatible(art, pipe)
+            info["compatible"] = {"base_model": args.base_model, "ok": True}
+        except UserFacingError as exc:
+            info["compatible"] = {"base_model": args.base_model, "ok": False, "reason": str(exc)}
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        for k, v in info.items():
+            if k == "compatible":
+                v = "yes" if v["ok"] else f"NO: {v['reason']}"
+                k = f"compatible with {args.base_model}"
+            print(f"{k:>22}: {v}")
+    return 0 if info.get("compatible", {"ok": True})["ok"] else 1
+
+
+def _convert(args: argparse.Namespace, settings: Any) -> int:
+    from kitbooth.errors import UserFacingError
+    from training.artifact import load_artifact
+
+    try:
+        from training.formats import export
+    except ImportError:
+        print("error: conversion is not available in this build (training.formats missing)", file=sys.stderr)
+        return 2
+    try:
+        files = export(load_artifact(Path(args.file)), args.to, Path(args.out))
+    except UserFacingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for f in files:
+        print(f)
+    return 0
+
+
+def _eval(args: argparse.Namespace, settings: Any) -> int:
+    from kitbooth.errors import UserFacingError
+    from training.artifact import load_artifact
+    from training.eval import EVAL_PROMPTS, ClipScorer, evaluate, load_photos
+
+    try:
+        art = load_artifact(Path(args.concept))
+        photos = load_photos(args.photos)
+        prompts = EVAL_PROMPTS.get(art.kind, EVAL_PROMPTS["face"])[: args.prompts or None]
+        pipe, composer = _load(args, settings)
+        clip = ClipScorer.load(args.clip_model)
+        total = args.k * len(prompts)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=total, desc="evaluating", unit="image", file=sys.stderr, leave=False) as bar:
+            report = evaluate(
+                pipe, composer, art, photos=photos, k=args.k, prompts=prompts, seed=args.seed, steps=args.steps,
+                size=args.size, key=str(Path(args.concept).resolve()),
+                artifact_bytes=Path(args.concept).stat().st_size, clip=clip if clip is not None else False,
+                out_dir=args.out, progress=lambda done, n: bar.update(done - bar.n),
+            )
+        if clip is None:
+            report.notes.append("CLIP-T skipped: no CLIP model available locally")
+    except UserFacingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.to_json() if args.json else report.format())
+    return 0
