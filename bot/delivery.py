@@ -83,8 +83,8 @@ async def deliver(bot: discord.Client, services: Services, event: Event, job: Jo
         await user.send("Your KitBooth concept, exported:", files=await _files(services, keys))
         return True
     if event.type == "concept.ready":
-        what = "your face is" if kind in ("face", "train") and (job is None or job.payload.get("kind") == "face") \
-            else "the new concept is"
+        concept_kind = job.payload.get("kind") if job is not None else None
+        what = "your face is" if concept_kind == "face" else f"the {concept_kind or 'new concept'} is"
         await channel.send(f"✅ {who} {what} ready — try `/generate prompt:scoring the winner in the final`.",
                            allowed_mentions=_mention(event.user_id))
         return True

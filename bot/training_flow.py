@@ -240,11 +240,13 @@ async def _create_and_enqueue(
         target = jobs.target_from_interaction(interaction)
 
         def build(job: Job) -> contract.TrainPayload:
-            return contract.TrainPayload(
+            fields: dict[str, Any] = dict(
                 job_id=job.id, user_id=user_id, concept_id=concept.id, kind=kind, method=METHODS[kind],
                 name=concept_name, photo_keys=photo_keys, artifact_key=artifact_key, checkpoint_prefix=ckpt,
                 target=target, guild_id=guild_id, seed=secrets.randbelow(2**31),
             )
+            fields.update(services.extras.get("train_overrides", {}))  # e.g. {"steps": 4, "resolution": 64}
+            return contract.TrainPayload(**fields)
 
         job, _payload = await jobs.create_and_enqueue(
             services, kind="train", user_id=user_id, build_payload=build, guild_id=guild_id,

@@ -175,7 +175,7 @@ async def enqueue_generate(
     target = jobs.target_from_interaction(interaction)
 
     def build(job) -> contract.GeneratePayload:
-        return contract.GeneratePayload(
+        fields: dict[str, Any] = dict(
             job_id=job.id, user_id=user_id, prompt=req.prompt, output_prefix=keys.outputs_prefix(user_id, job.id),
             target=target, guild_id=interaction.guild_id, face=face_ref,
             kit=req.kit.concept if req.kit else None, kit_words=req.kit.words if req.kit else None,
@@ -183,6 +183,8 @@ async def enqueue_generate(
             count=req.count, seed=req.seed, width=req.width, height=req.height,
             variation_of=variation_of, allow_nsfw=req.allow_nsfw,
         )
+        fields.update(services.extras.get("generate_overrides", {}))  # e.g. {"steps": 2, "width": 64} in tests
+        return contract.GeneratePayload(**fields)
 
     job, _ = await jobs.create_and_enqueue(
         services, kind=kind, user_id=user_id, build_payload=build, guild_id=interaction.guild_id,
