@@ -8,7 +8,8 @@ File layout (all tensors fp16):
 ``base_model``, ``hidden_size``, ``tokens`` (JSON list), ``rank``, ``alpha`` ("" when no LoRA), ``steps``,
 ``created``, ``version`` (KitBooth's), ``extra`` (JSON object of strings).
 
-``load_artifact`` returns fp32 tensors, so save → load → save is byte-stable apart from nothing. It reads only
+``load_artifact`` returns fp32 tensors (exact copies of the fp16 values), so save → load → save gives the same
+tensors and metadata (safetensors' header order may differ between writes). It reads only
 safetensors (never a pickle) and raises ``IncompatibleArtifact`` with a short reason on anything malformed.
 """
 

@@ -146,6 +146,8 @@ def import_file(path_or_bytes: str | Path | bytes, filename: str | None = None, 
         art = _from_torch_file(data, kind=kind, stem=stem, base_model=base_model, trigger=trigger)
     else:
         raise IncompatibleArtifact("unknown file format — expected a .safetensors or .pt embedding/LoRA")
+    if art.hidden_size == 0:  # a LoRA that touches no layer fed by the text encoder: any SD 1.5-family model
+        art.hidden_size = int(pipe.text_encoder.config.hidden_size) if pipe is not None else SD15_HIDDEN
     validate(art)
     if pipe is not None:
         check_compatible(art, pipe)
@@ -347,7 +349,7 @@ def _infer_hidden(unet: dict[str, torch.Tensor], text: dict[str, torch.Tensor],
     for k, v in text.items():
         if k.endswith("q_proj.lora_A.weight"):
             return int(v.shape[1])
-    return SD15_HIDDEN
+    return 0  # not visible in the file (no cross-attention or text layers): import_file decides
 
 
 def _lora_artifact(unet, text, rank, alpha, *, kind, stem, base_model, trigger, source,
