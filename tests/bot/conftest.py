@@ -17,14 +17,18 @@ import pytest
 
 @pytest.fixture
 def bot_settings(tmp_path, redis_url):
+    import uuid
+
     from kitbooth.settings import Settings
 
+    tag = uuid.uuid4().hex[:8]
     return Settings(
         _env_file=None,
         data_dir=tmp_path,
         redis_url=redis_url,
-        queue_name="kitbooth:test:queue",
-        events_stream="kitbooth:test:events",
+        # Unique per test: other test processes share Redis DB 15.
+        queue_name=f"kb:bot-test:{tag}:queue",
+        events_stream=f"kb:bot-test:{tag}:events",
         discord_token=None,
         base_hidden_size=32,
         daily_quota=20,
