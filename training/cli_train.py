@@ -1,9 +1,158 @@
-"""Subcommands contributed to ``kitbooth`` (see kitbooth/cli.py). Torch-free at import time."""
+"""``kitbooth train``: photos in a folder -> one concept file. Torch-free at import time.
+
+    kitbooth train --photos DIR --kind face --out me.safetensors [--base-model ID|DIR] [--steps N] [--resume]
+
+Reads the photos, runs the same photo checks the bot runs (``training.faces``), prints the per-photo report and
+exits 1 without writing ``--out`` when too few pass. Then trains with a progress bar, checkpointing beside the
+output (``FILE.ckpt``, every ``--checkpoint-every`` steps and on Ctrl-C), so ``--resume`` continues where it
+stopped; ``--slice-steps N`` trains at most N steps in this run, checkpoints and exits with code 3.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+EXIT_TOO_FEW_PHOTOS = 1
+EXIT_BAD_INPUT = 2
+EXIT_NOT_FINISHED = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this package's subcommands (none yet)."""
+    p = sub.add_parser("train", help="learn a face, kit or style from a folder of photos into one concept file",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--photos", required=True, type=Path, help="folder of photos (JPEG, PNG, WebP, ...)")
+    p.add_argument("--kind", required=True, choices=("face", "kit", "style"))
+    p.add_argument("--method", choices=("pivotal", "lora", "ti"), help="default: pivotal for faces, lora otherwise")
+    p.add_argument("--out", required=True, type=Path, help="concept file to write (.safetensors)")
+    p.add_argument("--base-model", help="hub id, local diffusers folder or .safetensors (default: settings)")
+    p.add_argument("--steps", type=int, help="training steps (default per kind)")
+    p.add_argument("--resolution", type=int, help="training resolution (default 512)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--rank", type=int, help="LoRA rank (default 4)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 50)")
+    p.add_argument("--resume", action="store_true", help="continue from FILE.ckpt when it exists")
+    p.add_argument("--slice-steps", type=int, help="train at most N steps now, checkpoint, exit 3")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda (default: settings)")
+    p.add_argument("--dtype", default=None, help="auto, float16, bfloat16 or float32 (default: settings)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+
+def checkpoint_path(out: Path) -> Path:
+    return out.with_name(out.name + ".ckpt")
+
+
+def read_photo_dir(folder: Path) -> list[tuple[str, bytes]]:
+    """(filename, bytes) of the image files in ``folder``, sorted by name (not recursive)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [(p.name, p.read_bytes()) for p in files]
+
+
+def _check_photos(kind: str, photos: list[tuple[str, bytes]], resolution: int):
+    from training import faces
+
+    if kind == "face":
+        return faces.check_selfies(photos, resolution=resolution)
+    return faces.prepare_reference_photos(photos, kind=kind, resolution=resolution)
+
+
+def _train(args: argparse.Namespace, settings) -> int:
+    from training.config import default_config
+
+    if not args.photos.is_dir():
+        print(f"error: --photos {args.photos} is not a folder", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        config = default_config(args.kind, method=args.method, steps=args.steps, resolution=args.resolution,
+                                batch_size=args.batch_size, rank=args.rank, seed=args.seed,
+                                checkpoint_every=args.checkpoint_every)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    photos = read_photo_dir(args.photos)
+    report = _check_photos(args.kind, photos, config.resolution)
+    print(f"Photos in {args.photos} ({len(photos)} files):")
+    print(report.checklist())
+    if not report.ok():
+        print(f"Not enough usable photos: {args.out} was not written.", file=sys.stderr)
+        return EXIT_TOO_FEW_PHOTOS
+    return _run_training(args, settings, config, report.photos)
+
+
+def _run_training(args: argparse.Namespace, settings, config, photos) -> int:
+    import signal
+    import threading
+    import time
+
+    from tqdm.auto import tqdm
+
+    from kitbooth.errors import UserFacingError
+    from training.artifact import save_artifact, write_atomic
+    from training.loop import Trainer
+
+    ref = args.base_model or settings.base_model
+    try:
+        pipe = _load_pipeline(ref, device=args.device or settings.device, dtype=args.dtype or settings.dtype,
+                              offline=settings.offline)
+    except UserFacingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    ckpt = checkpoint_path(args.out)
+    stop = threading.Event()
+    bar = tqdm(total=config.steps, unit="step", desc=f"training {config.kind} ({config.method})",
+               disable=args.no_progress, dynamic_ncols=True)
+
+    def on_progress(p) -> None:
+        bar.n = p.step
+        bar.set_postfix(loss=f"{p.loss:.4f}", refresh=False)
+        bar.refresh()
+
+    trainer = Trainer.from_photos(pipe, photos, config, base_model_id=str(ref), progress=on_progress,
+                                  should_stop=stop.is_set, on_checkpoint=lambda _s, blob: write_atomic(ckpt, blob))
+    if args.resume and ckpt.is_file():
+        trainer.load_state_dict(ckpt.read_bytes())
+        bar.n = bar.initial = trainer.step
+        bar.refresh()
+        print(f"resuming from {ckpt} at step {trainer.step}/{config.steps}")
+    elif args.resume:
+        print(f"no checkpoint at {ckpt}: starting from step 0")
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.set())  # Ctrl-C: stop after this step
+    started, first = time.monotonic(), trainer.step
+    try:
+        with trainer:
+            trainer.run(max_steps=args.slice_steps)
+            bar.close()
+            elapsed = time.monotonic() - started
+            rate = (trainer.step - first) / elapsed if elapsed > 0 else 0.0
+            if not trainer.done:
+                write_atomic(ckpt, trainer.state_dict())
+                why = "interrupted" if trainer.stopped else "paused"
+                print(f"{why} at step {trainer.step}/{config.steps}; checkpoint {ckpt} — continue with --resume")
+                return 130 if trainer.stopped else EXIT_NOT_FINISHED
+            data = save_artifact(trainer.artifact(), args.out)
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    ckpt.unlink(missing_ok=True)
+    print(f"wrote {args.out} ({len(data):,} bytes, {config.steps} steps, {elapsed:.1f}s, {rate:.1f} steps/s, "
+          f"final loss {trainer.last_loss:.4f})")
+    return 0
+
+
+def _load_pipeline(ref: str, *, device: str, dtype: str, offline: bool):
+    """The base pipeline via ``training.models`` (hub id, folder or single file)."""
+    from training.models import load_base_pipeline
+
+    pipe = load_base_pipeline(ref, device=device, dtype=dtype, offline=offline, safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
