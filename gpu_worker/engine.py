@@ -29,6 +29,7 @@ class GenItem:
     should_stop: Callable[[], bool] = lambda: False
     on_progress: Callable[[int, int, Any], None] = lambda step, total, preview: None
     pipeline_seconds: float = 0.0
+    gpu_started: float = 0.0  # epoch seconds when its pipeline call began
 
 
 @dataclass
@@ -132,6 +133,8 @@ class Engine:
             live[j].on_progress(step, total, preview)  # each request sees only its own preview
 
         t0 = time.perf_counter()
+        for it in live:
+            it.gpu_started = time.time()
         out = generate(
             self.pipe, self.composer, [it.request for it in live], request_progress=request_progress,
             preview_every_s=1.0, should_stop=lambda: all(it.should_stop() for it in live),

@@ -131,6 +131,13 @@ class GpuLane:
         """Give jobs still preparing a batchable request a moment to join the batch."""
         first = min(self._pending)
         if first.batch_key is None:
+            if first.priority >= PRIO_TRAIN and self._preparing > 0:
+                # A generation is about to arrive: let it go first (training is not latency-bound).
+                deadline = time.monotonic() + self.gather_s
+                while self._preparing > 0 and time.monotonic() < deadline and min(self._pending) is first:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), max(0.0, deadline - time.monotonic()))
             return
         now = time.monotonic()
         deadline = now + self.gather_s

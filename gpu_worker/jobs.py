@@ -252,8 +252,8 @@ async def _generate(ctx: dict, p: contract.GeneratePayload, run: JobRun, prepari
         raise JobCancelled()
     run.steps = p.steps
     run.extra = f"pipeline={item.pipeline_seconds:.3f}s gpu_wait={gpu_wall - item.pipeline_seconds:.3f}s"
-    ctx.setdefault("timings", []).append({"job_id": p.job_id, "pipeline": item.pipeline_seconds,
-                                          "gpu_wall": gpu_wall, "enqueued": created})
+    _bounded(ctx["timings"]).append({"job_id": p.job_id, "pipeline": item.pipeline_seconds, "gpu_wall": gpu_wall,
+                                     "enqueued": created, "gpu_started": item.gpu_started})
     prefix = p.output_prefix if p.output_prefix.endswith("/") else p.output_prefix + "/"
     out_keys = [f"{prefix}{i}.png" for i in range(len(images))]
     for k, g in zip(out_keys, images, strict=True):
@@ -270,6 +270,12 @@ async def _generate(ctx: dict, p: contract.GeneratePayload, run: JobRun, prepari
         posted=res.posted, output_keys=out_keys, seeds=seeds, prompt=p.prompt, message_id=res.message_id, nsfw=nsfw,
     )
     return {"ok": True, "output_keys": out_keys, "posted": res.posted}
+
+
+def _bounded(records: list, keep: int = 1000) -> list:
+    if len(records) > keep:
+        del records[: len(records) - keep]
+    return records
 
 
 def settings_interval(ctx: dict) -> float:
@@ -384,8 +390,13 @@ async def _train_slice(ctx: dict, p: contract.TrainPayload, run: JobRun, created
                              max_seconds=settings.slice_seconds, should_stop=watch.should_stop,
                              on_progress=on_progress, samples=settings.train_samples)
             async with ctx["train_lock"], pump:
-                ctx.setdefault("slices", []).append(("start", p.job_id, p.slice_index, time.time()))
-                result = await lane.call(lambda: engine.train_slice(work), priority=PRIO_TRAIN)
+                slices = _bounded(ctx["slices"])
+
+                def on_gpu() -> Any:
+                    slices.append(("start", p.job_id, p.slice_index, time.time()))  # when the GPU takes it
+                    return engine.train_slice(work)
+
+                result = await lane.call(on_gpu, priority=PRIO_TRAIN)
                 ctx["slices"].append(("end", p.job_id, p.slice_index, time.time()))
             run.steps = result.steps_run
             meta["seconds"] = float(meta.get("seconds", 0.0)) + result.seconds
@@ -434,6 +445,7 @@ async def _finish_training(ctx: dict, p: contract.TrainPayload, result: Any, met
     content = (f"✅ I learned {what} in {seconds:.0f}s ({result.total} steps, "
                f"{len(result.artifact) / 1e6:.1f} MB). Try `/generate` now!")
     msg = Outgoing(content, files=[(f"sample-{i}.png", png) for i, png in enumerate(result.samples)])
+    await asyncio.to_thread(_cleanup_training, store, p, photos=True)  # before the event: it means "all done"
     res = await _final(ctx, p.target, msg)
     await ctx["events"].send(
         "concept.ready", job_id=p.job_id, user_id=p.user_id, kind=contract.TRAIN_JOB, target=p.target,
@@ -441,7 +453,6 @@ async def _finish_training(ctx: dict, p: contract.TrainPayload, result: Any, met
         sha256=sha, trigger_tokens=result.trigger_tokens, sample_keys=sample_keys, steps=result.total,
         seconds=seconds,
     )
-    await asyncio.to_thread(_cleanup_training, store, p, photos=True)
     return {"ok": True, "done": True, "artifact_key": p.artifact_key, "sha256": sha}
 
 

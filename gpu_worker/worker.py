@@ -71,6 +71,9 @@ async def startup(ctx: dict) -> None:
     ctx["concepts"] = ctx.get("concepts") or ConceptCache(ctx["store"], max_items=settings.concept_cache)
     ctx["events"] = EventSink(ctx["redis"], settings.events_stream)
     ctx["train_lock"] = asyncio.Lock()
+    # arq hands each job a shallow copy of ctx: shared mutable records must exist before the first job.
+    ctx.setdefault("slices", [])  # (start|end, job id, slice index, epoch) of recent training slices
+    ctx.setdefault("timings", [])  # generate jobs: pipeline seconds vs GPU wall time
     if ctx.get("poster") is None and ctx.get("http") is None and settings.discord_token is not None:
         from gpu_worker.poster import make_http_client
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 import uuid
 from typing import Any
@@ -22,6 +23,25 @@ from discord import app_commands
 from discord.ext import commands
 
 from gpu_worker import contract
+
+WORKER_REDIS_URL = os.environ.get("KITBOOTH_TEST_WORKER_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The worker tests' own Redis DB (14), emptied before each test.
+
+    Overrides the shared DB 15 fixture: other packages' tests flush DB 15 at every test start, which (when test
+    runs overlap) deletes a running worker's queue, in-progress keys and events mid-test.
+    """
+    import redis
+
+    r = redis.Redis.from_url(WORKER_REDIS_URL)
+    try:
+        r.flushdb()
+    finally:
+        r.close()
+    return WORKER_REDIS_URL
 
 
 @pytest.fixture
