@@ -279,6 +279,11 @@ class Composer:
         art = use.artifact
         fp = _fingerprint(art)
         res = self._resident.get(use.key)
+        if res is not None and not self._present(res):
+            # Someone else removed it from the model (e.g. an unload): forget it and load it again.
+            log.warning("resident adapter %s for %s vanished from the model: reloading", res.adapter, use.key)
+            self._resident.pop(use.key)
+            res = None
         if res is not None and res.fingerprint == fp:
             self._resident.move_to_end(use.key)
             return res.adapter
@@ -297,6 +302,11 @@ class Composer:
         self._layers = None
         log.info("lora adapter %s loaded for %s in %.1f ms", name, use.key, (time.perf_counter() - t0) * 1e3)
         return name
+
+    def _present(self, res: _Resident) -> bool:
+        layers = self._all_layers()
+        return all(any(res.adapter in layer.lora_A for layer in layers[part])
+                   for part, there in (("unet", res.in_unet), ("text", res.in_text)) if there)
 
     def _inject(self, model: torch.nn.Module, sd: dict[str, torch.Tensor], name: str, art: Any, part: str) -> bool:
         if not sd:
@@ -415,6 +425,7 @@ class Composer:
         in_use = {u.key for uses in comp.per_request for u in uses if u.artifact.unet_lora or u.artifact.text_lora}
         if not in_use:
             return
+        self._layers = None  # re-scan (~1 ms at full size): other code may have added or removed LoRA layers
         for i, uses in enumerate(comp.per_request):
             for u in uses:
                 if u.artifact.unet_lora or u.artifact.text_lora:

@@ -262,3 +262,20 @@ def test_compose_is_cheaper_than_a_denoising_step(pipe, composer, tiny_model_dir
     per_step = (time.perf_counter() - t) / n
     print(f"compose enter+exit {per_compose * 1e3:.2f} ms, one UNet step (batch 2) {per_step * 1e3:.2f} ms")
     assert per_compose < per_step * 1.5  # generous: the machine is shared
+
+
+def test_adapter_removed_behind_our_back_is_reloaded(pipe, composer, tiny_model_dir):
+    from peft.tuners.lora import LoraLayer
+
+    from training.compose import ConceptUse
+
+    kit = FakeArtifact("kit", "lora", [], None, lora_state(60, tiny_model_dir))
+    with composer.compose([[ConceptUse("kv", kit)]]):
+        first = run(pipe, ["a dog"])
+    for m in pipe.unet.modules():  # e.g. someone's unload
+        if isinstance(m, LoraLayer):
+            for name in list(m.lora_A):
+                m.delete_adapter(name)
+    with composer.compose([[ConceptUse("kv", kit)]]):
+        again = run(pipe, ["a dog"])
+    np.testing.assert_array_equal(first, again)
