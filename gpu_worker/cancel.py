@@ -64,7 +64,10 @@ class CancelWatch:
         self._task = asyncio.create_task(self._loop())
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is asyncio.CancelledError:
+            # arq's timeout or shutdown cancelled the job: stop the GPU thread's work at its next step too.
+            self.event.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

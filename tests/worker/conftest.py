@@ -129,8 +129,10 @@ async def start_worker(worker_settings, engine, store):
         if task.done():
             task.result()
         started.append((w, task))
+        start.workers.append(w)  # type: ignore[attr-defined]
         return w
 
+    start.workers = [w for w, _ in started]  # type: ignore[attr-defined]
     yield start
     for w, task in started:
         await asyncio.sleep(0.05)  # let finished jobs write their results
