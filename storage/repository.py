@@ -149,12 +149,15 @@ class Database:
             else:
                 await self.conn.commit()
 
+    # Reads take the lock too: a SELECT left open while another coroutine runs BEGIN IMMEDIATE on the same
+    # connection would pin an old WAL snapshot, and SQLite then refuses the write at once (SQLITE_BUSY_SNAPSHOT)
+    # instead of waiting.
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> aiosqlite.Row | None:
-        async with self.conn.execute(sql, params) as cur:
+        async with self._lock, self.conn.execute(sql, params) as cur:
             return await cur.fetchone()
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[aiosqlite.Row]:
-        async with self.conn.execute(sql, params) as cur:
+        async with self._lock, self.conn.execute(sql, params) as cur:
             return list(await cur.fetchall())
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
