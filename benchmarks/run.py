@@ -127,7 +127,7 @@ def run(settings: Any, *, quick: bool = False, smoke: bool = False, device: str 
     t_all = time.perf_counter()
     header = [machine_line(dev), f"profile: {profile.name}; model: "
               + ("SD 1.5 architecture, random weights, fp16" if full_size else "tiny SD-1.5-shaped (random, fp32)")]
-    echo(header[0])
+    echo(f"kitbooth bench: {profile.name} profile on {dev}")
 
     load = partial(fullsize.build_sd15, dev) if full_size else partial(load_tiny, cache, dev)
     pipe = load()

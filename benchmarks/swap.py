@@ -75,8 +75,8 @@ def run(report: Report, *, pipe: Any, composer: Any, fresh_pipe: Any, device: An
                   device)
     lora = _compose(composer, [ConceptUse("bench/face-pti", face_pti), ConceptUse("bench/kit-lora", kit_lora)],
                     repeats, device)
-    report.set("swap_ratio_ti", round(ti / step, 3))
-    report.set("swap_ratio_lora", round(lora / step, 3))
+    report.set("swap_ratio_ti", round(ti / step, 4))
+    report.set("swap_ratio_lora", round(lora / step, 4))
 
     d_ti = d_lora = None
     with tempfile.TemporaryDirectory(prefix="kb-bench-") as tmp:
@@ -92,5 +92,8 @@ def run(report: Report, *, pipe: Any, composer: Any, fresh_pipe: Any, device: An
         d_lora = _diffusers_lora(other, lora_files, diffusers_repeats, device)
     report.note(f"swap: one denoising step (UNet, {size}², batch 2) {step * 1e3:.1f} ms; compose enter+exit "
                 f"face+kit TI {ti * 1e3:.2f} ms, pivotal face + LoRA kit {lora * 1e3:.2f} ms (adapters resident)")
+    small = _denoise_step(pipe, 64, device, repeats)
+    report.note(f"swap: against a 64² step ({small * 1e3:.1f} ms, the cheapest UNet call) the same swaps are "
+                f"TI {ti / small:.3f} and LoRA {lora / small:.3f} steps")
     report.note(f"swap: diffusers' own load+unload, same files: TI {d_ti * 1e3:.0f} ms "
                 f"(= {d_ti / step:.1f} steps), LoRA {d_lora * 1e3:.0f} ms (= {d_lora / step:.1f} steps)")
