@@ -167,7 +167,7 @@ async def resolve(db: Database, guild_id: int, name: str, kind: Kind = "kit") ->
     if kit.concept_id is not None:
         concept = await db.get_concept(kit.concept_id)
         if concept is not None and concept.status == "ready" and concept.artifact_key:
-            sha = await db.concept_sha256(concept.id) if hasattr(db, "concept_sha256") else None
+            sha = await db.concept_sha256(concept.id)
             ref = contract.ConceptRef(key=concept.artifact_key, kind=kind, sha256=sha or "")
         elif concept is not None and concept.status in ("pending", "training"):
             raise Busy(f"The {kind} `{kit.name}` is still being learned. Try again in a few minutes.")

@@ -101,8 +101,8 @@ def default_photo_checker(kind: TrainKind, photos: list[tuple[str, bytes]]) -> A
 
 def _run_checks(
     checker: Callable[..., Any], kind: TrainKind, uploads: list[Upload], max_bytes: int
-) -> tuple[list[Verdict], list[tuple[int, bytes]]]:
-    """(verdict per upload, [(upload index, crop PNG bytes)]) — runs in a worker thread."""
+) -> tuple[list[Verdict], list[tuple[int, bytes, bytes | None]]]:
+    """(verdict per upload, [(upload index, crop PNG, face-mask PNG or None)]) — runs in a worker thread."""
     too_big = {i for i, u in enumerate(uploads, start=1) if u.data is None or u.size > max_bytes}
     # Oversized files are replaced by empty bytes so the checker's numbering stays the upload's numbering.
     report = checker(kind, [(u.filename, b"" if i in too_big else u.data)
@@ -120,10 +120,15 @@ def _run_checks(
     for p in report.photos:
         if p.index in too_big:
             continue
-        buf = io.BytesIO()
-        p.image.save(buf, format="PNG")
-        crops.append((p.index, buf.getvalue()))
+        mask = getattr(p, "mask", None)
+        crops.append((p.index, _png(p.image), _png(mask) if mask is not None else None))
     return verdicts, crops
+
+
+def _png(img: Any) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def checklist(verdicts: Sequence[Verdict]) -> str:
@@ -217,7 +222,7 @@ async def start_training(
 
 async def _create_and_enqueue(
     services: Services, interaction: discord.Interaction, *, kind: TrainKind, name: str | None,
-    guild_id: int | None, crops: list[tuple[int, bytes]], verdicts: list[Verdict],
+    guild_id: int | None, crops: list[tuple[int, bytes, bytes | None]], verdicts: list[Verdict],
 ) -> TrainingStarted:
     db, store = services.db, services.store
     user_id = interaction.user.id
@@ -235,8 +240,10 @@ async def _create_and_enqueue(
         artifact_key = keys.guild_concept_key(guild_id, concept.id)
         ckpt = keys.guild_checkpoint_prefix(guild_id, concept.id)
     try:
-        for key, (_index, png) in zip(photo_keys, crops, strict=True):
+        for key, (_index, png, mask) in zip(photo_keys, crops, strict=True):
             await asyncio.to_thread(store.put_bytes, key, png)
+            if mask is not None:  # the worker's face-masked loss reads it beside the crop
+                await asyncio.to_thread(store.put_bytes, keys.mask_key(key), mask)
         target = jobs.target_from_interaction(interaction)
 
         def build(job: Job) -> contract.TrainPayload:
@@ -256,6 +263,7 @@ async def _create_and_enqueue(
         await db.update_concept(concept.id, status="failed", error="could not be queued")
         for key in photo_keys:
             store.delete(key)
+            store.delete(keys.mask_key(key))
         raise
     concept = await db.update_concept(concept.id, status="training")
     queue = await jobs.queue_position(services, job.id)

@@ -231,9 +231,10 @@ class Engine:
 
 
 def _sample_prompt(kind: str) -> str:
-    return {"face": "a portrait photo of {} person, smiling",
-            "kit": "a photo of a person wearing a {} football kit",
-            "style": "a football stadium in {} style"}.get(kind, "{}")
+    """The scene of the samples posted after training; the template adds the concept's trigger itself."""
+    return {"face": "portrait, smiling, close-up",
+            "kit": "standing on the pitch of a football stadium",
+            "style": "a football stadium"}.get(kind, "")
 
 
 def _load_pipeline(s: Settings) -> Any:

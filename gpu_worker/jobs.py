@@ -326,7 +326,7 @@ def _load_photos(store: Any, photo_keys: list[str]) -> tuple[list[Any], list[Any
             continue
         except Exception:  # noqa: BLE001
             raise InvalidInput("One of your training photos is damaged. Please run /train again.") from None
-        mk = k.rsplit(".", 1)[0] + "-mask.png"
+        mk = keys.mask_key(k)
         if store.exists(mk):
             from PIL import Image
 
@@ -463,7 +463,7 @@ def _cleanup_training(store: Any, p: contract.TrainPayload, *, photos: bool) -> 
         for k in p.photo_keys:
             with contextlib.suppress(Exception):
                 store.delete(k)
-                store.delete(k.rsplit(".", 1)[0] + "-mask.png")
+                store.delete(keys.mask_key(k))
         if p.kind == "face":
             with contextlib.suppress(Exception):
                 store.delete_prefix(keys.photos_prefix(p.user_id, p.concept_id))

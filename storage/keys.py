@@ -27,6 +27,11 @@ def photos_prefix(user_id: int, concept_id: int) -> str:
     return f"{user_prefix(user_id)}photos/{_id(concept_id)}/"
 
 
+def mask_key(photo: str) -> str:
+    """The face mask stored beside a training crop (used for the face-masked loss)."""
+    return photo.rsplit(".", 1)[0] + "-mask.png"
+
+
 def concept_key(user_id: int, concept_id: int) -> str:
     return f"{user_prefix(user_id)}concepts/{_id(concept_id)}.safetensors"
 

@@ -17,10 +17,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import jobs, quotas
+from bot import catalogue, jobs, quotas
 from gpu_worker import contract
 from kitbooth.errors import InvalidInput, NotFound
 from storage import keys
+from training.prompts import find_reserved
 
 if TYPE_CHECKING:
     from bot.app import KitBoothBot
@@ -34,19 +35,7 @@ SHAPES: dict[str, tuple[int, int]] = {"square": (512, 512), "portrait": (512, 76
 NO_FACE = "You haven't trained your face yet — run /train with 4-10 selfies."
 FACE_TRAINING = "Your face is still being learned — I'll post when it's ready; then try /generate again."
 
-_RESERVED_FALLBACK = (
-    re.compile(r"<\|startoftext\|>", re.I), re.compile(r"<\|endoftext\|>", re.I), re.compile(r"<[^<>\s]{1,100}>"),
-)
 _WORD = re.compile(r"[\w\-]+", re.UNICODE)
-
-
-def find_reserved(text: str) -> list[str]:
-    """Reserved tokens in ``text`` (``training.prompts.find_reserved`` when available; it is torch-free)."""
-    try:
-        from training.prompts import find_reserved as shared
-    except ImportError:  # pragma: no cover - training/ always ships with the bot
-        return [m.group(0) for p in _RESERVED_FALLBACK for m in p.finditer(text)]
-    return shared(text)
 
 
 async def validate_prompt(services: Services, user_id: int, prompt: str) -> str:
@@ -94,31 +83,8 @@ class CatalogueChoice:
 
 async def resolve_entry(services: Services, guild_id: int, name: str, kind: Literal["kit", "style"]
                         ) -> CatalogueChoice:
-    try:
-        from bot import catalogue
-    except ImportError:  # pragma: no cover - B2's module
-        catalogue = None
-    if catalogue is not None and hasattr(catalogue, "resolve"):
-        r = await catalogue.resolve(services.db, guild_id, name, kind)
-        ref = r.concept
-        if ref is not None and r.kit.concept_id is not None:
-            sha = await services.db.concept_sha256(r.kit.concept_id) or ""
-            ref = contract.ConceptRef(key=ref.key, kind=ref.kind, sha256=sha, weight=ref.weight)
-        return CatalogueChoice(r.kit.name, r.words, ref)
-    kit = await services.db.get_kit(guild_id, name, kind)
-    if kit is None:
-        raise NotFound(f"There is no {kind} called `{name}` in this server. `/{kind}s` lists them all.")
-    return CatalogueChoice(kit.name, kit.description, None)
-
-
-async def ensure_catalogue(services: Services, guild_id: int) -> None:
-    try:
-        from bot import catalogue
-    except ImportError:  # pragma: no cover
-        return
-    seed = getattr(catalogue, "ensure_seeded", None) or getattr(catalogue, "ensure_catalogue", None)
-    if seed is not None:
-        await seed(services.db, guild_id)
+    r = await catalogue.resolve(services.db, guild_id, name, kind)
+    return CatalogueChoice(r.kit.name, r.words, r.concept)
 
 
 def nsfw_allowed(policy: dict[str, str], channel: Any) -> bool:
@@ -151,7 +117,7 @@ async def prepare_request(
     assert guild_id is not None
     prompt = await validate_prompt(services, user_id, prompt)
     face = await require_own_face(services, user_id)
-    await ensure_catalogue(services, guild_id)
+    await catalogue.ensure_seeded(services.db, guild_id)
     kit_choice = await resolve_entry(services, guild_id, kit, "kit") if kit else None
     style_choice = await resolve_entry(services, guild_id, style, "style") if style else None
     await quotas.check_image_request(services, user_id, guild_id, count)
@@ -233,22 +199,13 @@ class GenerateCog(commands.Cog):
         job, queue = await enqueue_generate(services, interaction, req, face)
         await interaction.followup.send(f"{describe(req)}\n⏳ {jobs.format_queue(queue)} · job {job.id}")
 
-    async def _complete(self, interaction: discord.Interaction, current: str, kind: Literal["kit", "style"]
-                        ) -> list[app_commands.Choice[str]]:
-        if interaction.guild_id is None:
-            return []
-        services = self.bot.services
-        await ensure_catalogue(services, interaction.guild_id)
-        kits = await services.db.list_kits(interaction.guild_id, kind, search=current.strip(), limit=25)
-        return [app_commands.Choice(name=k.name[:100], value=k.name[:100]) for k in kits]
-
     @generate.autocomplete("kit")
     async def _kit_autocomplete(self, interaction: discord.Interaction, current: str):
-        return await self._complete(interaction, current, "kit")
+        return await catalogue.kit_autocomplete(interaction, current)
 
     @generate.autocomplete("style")
     async def _style_autocomplete(self, interaction: discord.Interaction, current: str):
-        return await self._complete(interaction, current, "style")
+        return await catalogue.style_autocomplete(interaction, current)
 
 
 async def setup(bot: KitBoothBot) -> None:

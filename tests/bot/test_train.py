@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
+from PIL import Image
 
 from gpu_worker import contract
 from storage import keys
@@ -41,14 +44,17 @@ async def test_train_modal_happy_path_real_photo_checks(arena):
     assert concept.kind == "face" and concept.status == "training" and concept.owner_id == arena.alice.id
     user = await s.db.get_user(arena.alice.id)
     assert user.consent_at is not None
-    # Only the crops (PNG) are stored, under the photo keys.
+    # Only the crops (PNG) and their face masks are stored, under the photo keys.
     stored = s.store.list(keys.user_prefix(arena.alice.id))
-    assert stored == [keys.photo_key(arena.alice.id, concept.id, i) for i in range(5)]
+    crops = [keys.photo_key(arena.alice.id, concept.id, i) for i in range(5)]
+    assert stored == sorted(crops + [keys.mask_key(k) for k in crops])
+    mask = Image.open(io.BytesIO(s.store.get_bytes(keys.mask_key(crops[0]))))
+    assert mask.mode == "L" and mask.size == Image.open(io.BytesIO(s.store.get_bytes(crops[0]))).size
     assert all(s.store.get_bytes(k).startswith(b"\x89PNG") for k in stored)
     ((func, payload),) = await queued_payloads(s)
     assert func == contract.TRAIN_JOB
     p = contract.TrainPayload.from_dict(payload)
-    assert p.job_id == job.id and p.concept_id == concept.id and p.photo_keys == stored
+    assert p.job_id == job.id and p.concept_id == concept.id and p.photo_keys == crops
     assert p.target.channel_id == arena.channel.id and p.target.user_id == arena.alice.id
     assert p.target.interaction_token
     assert await s.arq.exists("arq:job:" + contract.arq_job_id(job.id, 0)) or await s.arq.exists(
