@@ -6,8 +6,9 @@
   queued request with the same ``key`` (same size, steps...) is handed to ``runner(items)`` in ONE call, up to
   ``max_batch``. ``runner`` returns one result (or exception instance) per item.
 - Jobs that are still preparing a batchable request (fetching concepts...) call ``preparing()``: the dispatcher
-  waits for them briefly (``gather_s``) so that requests arriving together share a batch; and a batchable
-  request lingers ``linger_s`` (20 ms) before it runs, for jobs that arq started at the same moment.
+  waits for them briefly (``gather_s``) so that requests arriving together share a batch; and when one arq poll
+  started several jobs (``expect(n)``), a batchable request lingers ``linger_s`` (20 ms) for the others, which
+  reach the lane a few Redis round trips apart. A lone job does not linger.
 
 The event loop never blocks on torch: it only awaits futures resolved by the GPU thread.
 """
@@ -53,6 +54,7 @@ class GpuLane:
         self._seq = itertools.count()
         self._wake = asyncio.Event()
         self._preparing = 0
+        self._linger_until = 0.0
         self._task: asyncio.Task | None = None
         self.busy = False
         self.batches: list[int] = []  # sizes of the batched calls (observability and tests)
@@ -108,6 +110,11 @@ class GpuLane:
         finally:
             handle.release()
 
+    def expect(self, n_started: int) -> None:
+        """arq just started ``n_started`` jobs in one poll: if several, let a batch wait a moment for them."""
+        if n_started > 1:
+            self._linger_until = max(self._linger_until, time.monotonic() + self.linger_s)
+
     def _push(self, work: _Work) -> None:
         self._pending.append(work)
         self._wake.set()
@@ -141,7 +148,7 @@ class GpuLane:
             return
         now = time.monotonic()
         deadline = now + self.gather_s
-        linger = first.queued_at + self.linger_s  # jobs started together reach the lane a few ms apart
+        linger = self._linger_until  # jobs started by the same poll reach the lane a few ms apart
         while time.monotonic() < deadline and (self._preparing > 0 or time.monotonic() < linger):
             n = sum(1 for w in self._pending if w.batch_key == first.batch_key)
             if n >= self.max_batch:

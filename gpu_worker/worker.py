@@ -112,6 +112,16 @@ async def shutdown(ctx: dict) -> None:
         ctx["metrics"].close()
 
 
+class _BatchingWorker(Worker):
+    """arq's Worker, telling the GPU lane how many jobs each poll starts (see ``GpuLane.expect``)."""
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        lane = self.ctx.get("lane")
+        if lane is not None:
+            lane.expect(len(job_ids))
+        await super().start_jobs(job_ids)
+
+
 def build_worker(
     settings: Settings, *, store: ArtifactStore | None = None, http: Any = None, poster: Any = None,
     engine: Engine | None = None, handle_signals: bool = True, burst: bool = False, **extra: Any,
@@ -120,7 +130,7 @@ def build_worker(
     functions = job_functions(settings)
     ctx: dict[str, Any] = {"settings": settings, "store": store, "http": http, "poster": poster, "engine": engine}
     ctx.update(extra)
-    worker = Worker(
+    worker = _BatchingWorker(
         functions,
         queue_name=settings.queue_name,
         redis_settings=RedisSettings.from_dsn(settings.redis_url),

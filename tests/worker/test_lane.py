@@ -86,3 +86,29 @@ async def test_a_failing_call_does_not_stop_the_lane():
         assert await lane.call(lambda: 42) == 42
     finally:
         await lane.close()
+
+
+async def test_linger_only_when_a_poll_started_several_jobs():
+    lane = GpuLane(max_batch=4, gather_s=1.0, linger_s=0.3)
+    lane.start()
+    calls: list[list[str]] = []
+
+    def runner(items):
+        calls.append(list(items))
+        return list(items)
+
+    try:
+        # A lone job: runs at once, no linger.
+        t0 = time.monotonic()
+        await lane.call_batched("k", "solo", runner)
+        lone = time.monotonic() - t0
+        # One poll started two jobs: the first waits for the second, which arrives 50 ms later.
+        lane.expect(2)
+        first = asyncio.create_task(lane.call_batched("k", "a", runner))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(lane.call_batched("k", "b", runner))
+        await asyncio.gather(first, second)
+    finally:
+        await lane.close()
+    assert lone < 0.2  # well under the 0.3 s linger
+    assert calls == [["solo"], ["a", "b"]]
