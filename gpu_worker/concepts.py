@@ -16,7 +16,11 @@ log = logging.getLogger(__name__)
 
 
 class ConceptCache:
-    """``await get(key, sha256)`` -> ``ConceptArtifact``. A stale entry (other sha256) is re-read."""
+    """``await get(key, sha256, kind)`` -> ``ConceptArtifact``. A stale entry (other sha256) is re-read.
+
+    Files are KitBooth concepts (trained here) or kits/styles an admin imported as they came (A1111, kohya or
+    diffusers safetensors): both are read through ``training.formats.import_file``.
+    """
 
     def __init__(self, store: ArtifactStore, *, max_items: int = 64, max_file_bytes: int = 256 << 20):
         self.store = store
@@ -27,7 +31,7 @@ class ConceptCache:
         self.hits = 0
         self.misses = 0
 
-    async def get(self, key: str, sha256: str = "") -> Any:
+    async def get(self, key: str, sha256: str = "", kind: str = "face") -> Any:
         with self._lock:
             hit = self._items.get(key)
             if hit is not None and (not sha256 or hit[0] == sha256):
@@ -35,7 +39,7 @@ class ConceptCache:
                 self.hits += 1
                 return hit[1]
         self.misses += 1
-        digest, art = await asyncio.to_thread(self._load, key, sha256)
+        digest, art = await asyncio.to_thread(self._load, key, sha256, kind)
         with self._lock:
             self._items[key] = (digest, art)
             self._items.move_to_end(key)
@@ -47,8 +51,8 @@ class ConceptCache:
         with self._lock:
             self._items.pop(key, None)
 
-    def _load(self, key: str, sha256: str) -> tuple[str, Any]:
-        from training.artifact import load_artifact
+    def _load(self, key: str, sha256: str, kind: str) -> tuple[str, Any]:
+        from training.formats import import_file
 
         try:
             if self.store.size(key) > self.max_file_bytes:
@@ -60,7 +64,8 @@ class ConceptCache:
         if sha256 and digest != sha256:
             raise IncompatibleArtifact("A concept file changed or is damaged (checksum mismatch). Retrain or re-import it.")
         try:
-            art = load_artifact(data)
+            # The file name only seeds an imported file's trigger word (e.g. "<kit-0>"), never a path.
+            art = import_file(data, f"{kind}.safetensors", kind=kind)
         except IncompatibleArtifact:
             raise
         except Exception as exc:  # noqa: BLE001 - any parse error of untrusted bytes

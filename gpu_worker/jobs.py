@@ -217,7 +217,7 @@ async def _generate(ctx: dict, p: contract.GeneratePayload, run: JobRun, prepari
         uses = []
         for ref in (p.face, p.kit, p.style):
             if ref is not None:
-                art = await ctx["concepts"].get(ref.key, ref.sha256)
+                art = await ctx["concepts"].get(ref.key, ref.sha256, ref.kind)
                 uses.append(ConceptUse(ref.key, art, ref.weight))
         init = None
         if p.variation_of:
