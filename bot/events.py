@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from discord.ext import tasks
@@ -31,6 +32,7 @@ CONSUMER = "bot"
 BATCH = 50
 MAX_ATTEMPTS = 5
 CLAIM_IDLE_MS = 60_000
+SWEEP_INTERVAL_S = 60.0  # how often jobs arq gave up on (no worker event) are looked for
 
 
 def _s(value: Any) -> str:
@@ -45,6 +47,7 @@ class EventConsumer:
         self._failures: dict[str, int] = {}
         self._recovered = False
         self._lock = asyncio.Lock()
+        self._next_sweep = 0.0  # the first tick sweeps at once
         self._loop = tasks.loop(seconds=interval)(self._tick)
 
     @property
@@ -70,6 +73,19 @@ class EventConsumer:
             await self.poll_once()
         except Exception:
             log.exception("events consumer: poll failed; retrying in %.1f s", self.interval)
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("events consumer: sweep for abandoned jobs failed")
+
+    async def sweep(self) -> int:
+        """Jobs arq gave up on without a worker event become failures the user hears about."""
+        from bot import reconcile
+
+        async with self._lock:
+            return await reconcile.fail_abandoned(self.services, self.handle)
 
     async def ensure_group(self) -> None:
         try:

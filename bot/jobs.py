@@ -153,6 +153,44 @@ async def known_arq_job_ids(services: Services) -> set[int]:
     return known
 
 
+async def arq_gave_up(services: Services, db_ids: Iterable[int]) -> set[int]:
+    """The jobs among ``db_ids`` that arq itself ended in failure (timed out, or retries used up after worker
+    crashes).
+
+    The worker reports every failure it handles as a successful arq result with ``ok: False`` plus a
+    ``job.failed`` event; an arq-level failure has no event, so the bot must notice it. Only a job's newest
+    attempt counts (a training's latest slice), and only when nothing of the job is queued or running.
+    """
+    from arq.jobs import deserialize_result
+
+    wanted = set(db_ids)
+    if not wanted:
+        return set()
+    r = services.arq
+    latest: dict[int, tuple[int, str]] = {}  # db id -> (slice, arq id) of its newest result
+    async for key in r.scan_iter(match=f"{result_key_prefix}kb-*", count=1000):
+        arq_id = (key.decode() if isinstance(key, bytes) else key)[len(result_key_prefix):]
+        parsed = contract.parse_arq_job_id(arq_id)
+        if parsed is not None and parsed[0] in wanted:
+            cand = (parsed[1] or 0, arq_id)
+            latest[parsed[0]] = max(latest.get(parsed[0], cand), cand)
+    for m in await _queue_members(services):
+        parsed = contract.parse_arq_job_id(m)
+        if parsed is not None and parsed[0] in latest and (parsed[1] or 0) >= latest[parsed[0]][0]:
+            del latest[parsed[0]]  # a later slice (or a retry) is still to run
+    gave_up = set()
+    for db_id, (_slice, arq_id) in latest.items():
+        if await r.exists(in_progress_key_prefix + arq_id):
+            continue
+        raw = await r.get(result_key_prefix + arq_id)
+        try:
+            if raw is not None and not deserialize_result(raw).success:
+                gave_up.add(db_id)
+        except Exception:  # noqa: BLE001 - an unreadable result is not ours to judge
+            continue
+    return gave_up
+
+
 # --- cancellation ----------------------------------------------------------------------------------
 async def cancel_user_jobs(services: Services, user_id: int, job_ids: Iterable[int] | None = None) -> list[int]:
     """Cancel the user's jobs: set the cancel flag the worker checks between steps (running jobs) and remove

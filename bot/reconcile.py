@@ -1,5 +1,11 @@
-"""Start-up reconcile: jobs the DB says are queued or running but that arq no longer knows (Redis lost its
-data) are enqueued again from their stored payload, so nothing is lost. Torch-free."""
+"""Keeping the DB and the queue in step. Torch-free.
+
+- ``reconcile`` (at start-up): jobs the DB says are queued or running but that arq no longer knows (Redis lost
+  its data) are enqueued again from their stored payload, so nothing is lost.
+- ``fail_abandoned`` (at start-up and every minute): jobs arq gave up on without the worker reporting (a job
+  timeout, or retries used up because workers kept dying) become a ``job.failed`` event, handled like one
+  from the worker: the row is marked failed, a training's concept too, and the user is told.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from bot import jobs
 from gpu_worker import contract
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from bot.services import Services
 
 log = logging.getLogger(__name__)
@@ -44,3 +52,29 @@ async def reconcile(services: Services) -> int:
                 await db.update_job(job.id, status="queued")
             log.info("reconcile: job %s (%s) was lost by Redis; enqueued again", job.id, job.kind)
     return requeued
+
+
+ABANDONED_REASON = "The GPU worker could not finish this job (it crashed or ran out of time). Please try again."
+
+
+async def fail_abandoned(services: Services, handle: Callable[[contract.Event], Awaitable[None]]) -> int:
+    """Turn jobs arq gave up on into ``job.failed`` events passed to ``handle``; return how many."""
+    failed = 0
+    active = await services.db.active_jobs()
+    gave_up = await jobs.arq_gave_up(services, [j.id for j in active])
+    for job in active:
+        if job.id not in gave_up:
+            continue
+        target = None
+        if isinstance(job.payload, dict) and isinstance(job.payload.get("target"), dict):
+            try:
+                target = contract.DiscordTarget.from_dict(job.payload["target"])
+            except contract.PayloadError:
+                target = None
+        event = contract.Event(type="job.failed", job_id=job.id, user_id=job.user_id, kind=job.kind,
+                               target=target, posted=False,
+                               data={"reason": ABANDONED_REASON, "retryable": True})
+        await handle(event)
+        failed += 1
+        log.warning("job %s (%s): arq gave up on it without a worker report; marked failed", job.id, job.kind)
+    return failed
