@@ -77,6 +77,10 @@ class Engine:
         s = self.settings
         self.pipe = _load_pipeline(s)
         self.composer = Composer(self.pipe, slots=s.ti_slots, lora_cache=s.lora_cache)
+        if s.upscaler_model:  # optional; without it the U buttons fall back to Lanczos
+            from training.models import load_upscaler
+
+            self.upscaler = load_upscaler(s.upscaler_model, device=s.device, dtype=s.dtype, offline=s.offline)
         log.info("pipeline %s loaded in %.2fs on %s", s.base_model, time.perf_counter() - t0, self.device)
 
     @property
@@ -92,6 +96,7 @@ class Engine:
     def release(self) -> None:
         self.composer = None
         self.pipe = None
+        self.upscaler = None
         try:
             import gc
 

@@ -112,3 +112,18 @@ async def test_linger_only_when_a_poll_started_several_jobs():
         await lane.close()
     assert lone < 0.2  # well under the 0.3 s linger
     assert calls == [["solo"], ["a", "b"]]
+
+
+def test_engine_refuses_a_misconfigured_upscaler_at_start(tiny_model_dir, tmp_path):
+    """An operator's bad KITBOOTH_UPSCALER_MODEL stops the worker at start-up with a clear reason
+    (instead of every U button failing later)."""
+    import pytest
+
+    from gpu_worker.engine import Engine
+    from kitbooth.errors import UserFacingError
+    from kitbooth.settings import Settings
+
+    s = Settings(_env_file=None, base_model=str(tiny_model_dir), device="cpu", dtype="float32",
+                 safety_checker=False, offline=True, upscaler_model=str(tmp_path / "no-such-upscaler"))
+    with pytest.raises(UserFacingError, match="KITBOOTH_UPSCALER_MODEL"):
+        Engine(s).load()
