@@ -107,6 +107,14 @@ async def _report_failure(ctx: dict, kind: str, job_id: int | None, user_id: int
                                  posted=posted, reason=reason, retryable=False)
 
 
+def _with_retry_hint(reason: str, payload: Any) -> str:
+    """A failed training has deleted its photos (biometric data): say how to try again."""
+    if not isinstance(payload, contract.TrainPayload) or "/train" in reason:
+        return reason
+    command = "/train" if payload.kind == "face" else f"/{payload.kind} train"
+    return f"{reason} The photos were deleted for privacy: run {command} again to retry."
+
+
 async def _run(ctx: dict, kind: str, raw: Any, handler: Callable[[dict, Any, JobRun], Awaitable[dict]],
                **kwargs: Any) -> dict:
     """Parse, run, classify failures, log one line and record metrics."""
@@ -146,6 +154,7 @@ async def _run(ctx: dict, kind: str, raw: Any, handler: Callable[[dict, Any, Job
         reason = exc.message
         if isinstance(exc, IncompatibleArtifact) and not reason[:1].isupper():
             reason = f"A concept in this request cannot be used: {reason}."  # training/'s messages are fragments
+        reason = _with_retry_hint(reason, payload)
         await _report_failure(ctx, kind, run.job_id if isinstance(run.job_id, int) else None, run.user_id,
                               getattr(payload, "target", None), reason)
         return {"ok": False, "reason": reason}
@@ -155,7 +164,7 @@ async def _run(ctx: dict, kind: str, raw: Any, handler: Callable[[dict, Any, Job
     except Exception:
         run.outcome = "error"
         log.exception("job %s (%s) failed", run.job_id, kind)
-        reason = GENERIC_REASON.format(job_id=run.job_id)
+        reason = _with_retry_hint(GENERIC_REASON.format(job_id=run.job_id), payload)
         await _report_failure(ctx, kind, run.job_id if isinstance(run.job_id, int) else None, run.user_id,
                               getattr(payload, "target", None), reason)
         return {"ok": False, "reason": reason}
@@ -325,7 +334,7 @@ def _load_photos(store: Any, photo_keys: list[str]) -> tuple[list[Any], list[Any
         except ArtifactNotFound:
             continue
         except Exception:  # noqa: BLE001
-            raise InvalidInput("One of your training photos is damaged. Please run /train again.") from None
+            raise InvalidInput("One of the training photos is damaged.") from None
         mk = keys.mask_key(k)
         if store.exists(mk):
             from PIL import Image
@@ -341,7 +350,7 @@ def _load_photos(store: Any, photo_keys: list[str]) -> tuple[list[Any], list[Any
 
 def validate_train(p: contract.TrainPayload) -> None:
     if not p.photo_keys:
-        raise InvalidInput("No training photos were found. Please run /train again.")
+        raise InvalidInput("No training photos were found.")
     prefix = keys.user_prefix(p.user_id)
     if p.kind == "face":
         for k in (*p.photo_keys, p.artifact_key, p.checkpoint_prefix):
@@ -375,7 +384,7 @@ async def _train_slice(ctx: dict, p: contract.TrainPayload, run: JobRun, created
                 meta.update(json.loads(await asyncio.to_thread(store.get_bytes, _meta_key(p))))
             images, masks = await asyncio.to_thread(_load_photos, store, p.photo_keys)
             if not images:
-                raise InvalidInput("Your training photos are gone. Please run /train again.")
+                raise InvalidInput("The training photos are gone.")
 
             def render(state_: dict) -> Outgoing:
                 return Outgoing(progress_text("🧠 Learning your face" if p.kind == "face" else f"🧠 Learning {p.name}",

@@ -154,3 +154,22 @@ async def test_cancel_mid_training_cleans_up(arq_pool, store, start_worker, work
     assert not store.exists(p.artifact_key) and not store.list(p.checkpoint_prefix)
     assert await arq_pool.zcard(settings.queue_name) == 0  # no next slice was queued
     assert stopped_in < 5.0
+
+
+async def test_failed_kit_training_deletes_photos_and_says_how_to_retry(arq_pool, store, start_worker,
+                                                                       worker_settings):
+    guild = 77
+    pkeys = [keys.guild_photo_key(guild, 5, i) for i in range(2)]
+    store.put_bytes(pkeys[0], photos(1)[0])
+    store.put_bytes(pkeys[1], b"this is not a PNG")  # damaged in the store
+    p = contract.TrainPayload(
+        job_id=61, user_id=9, concept_id=5, kind="kit", method="lora", name="Arsenal home", photo_keys=pkeys,
+        artifact_key=keys.guild_concept_key(guild, 5), checkpoint_prefix=keys.guild_checkpoint_prefix(guild, 5),
+        target=contract.DiscordTarget(channel_id=1, user_id=9), steps=4, resolution=64,
+    )
+    await start_worker(worker_settings)
+    await arq_pool.enqueue_job(contract.TRAIN_JOB, p.to_dict(), _job_id=contract.arq_job_id(61, 0))
+    evs = await wait_events(arq_pool, worker_settings.events_stream, lambda e: any(x.type == "job.failed" for x in e))
+    reason = next(e for e in evs if e.type == "job.failed").data["reason"]
+    assert "damaged" in reason and "/kit train" in reason and "/train again" not in reason.replace("/kit train", "")
+    assert store.list(f"guilds/{guild}/") == []  # photos gone, no artifact, no checkpoint
