@@ -14,6 +14,8 @@ from storage import ArtifactNotFound, ArtifactStore
 
 log = logging.getLogger(__name__)
 
+DAMAGED = "A concept file is damaged or not a KitBooth concept. Retrain or re-import it."
+
 
 class ConceptCache:
     """``await get(key, sha256, kind)`` -> ``ConceptArtifact``. A stale entry (other sha256) is re-read.
@@ -66,9 +68,12 @@ class ConceptCache:
         try:
             # The file name only seeds an imported file's trigger word (e.g. "<kit-0>"), never a path.
             art = import_file(data, f"{kind}.safetensors", kind=kind)
-        except IncompatibleArtifact:
-            raise
+        except IncompatibleArtifact as exc:
+            if str(exc).startswith("made for a different base model"):
+                raise
+            log.info("concept %s unreadable: %s", key, exc)
+            raise IncompatibleArtifact(DAMAGED) from None
         except Exception as exc:  # noqa: BLE001 - any parse error of untrusted bytes
             log.info("concept %s unreadable: %s", key, exc)
-            raise IncompatibleArtifact("A concept file is damaged or not a KitBooth concept. Retrain or re-import it.") from None
+            raise IncompatibleArtifact(DAMAGED) from None
         return digest, art
