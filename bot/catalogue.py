@@ -24,6 +24,7 @@ from discord import app_commands
 from gpu_worker import contract
 from kitbooth.errors import Busy, InvalidInput, NotAllowed, NotFound
 from storage import Concept, Database, Kit, utcnow
+from training.prompts import find_reserved
 
 if TYPE_CHECKING:
     from bot.services import Services
@@ -36,7 +37,6 @@ MAX_NAME = 40
 MAX_DESCRIPTION = 300
 MAX_ENTRIES = 500  # per guild and kind
 _NAME = re.compile(r"^[\w][\w .'&()+/-]*$", re.UNICODE)
-_RESERVED = re.compile(r"<\||\|>|<[^<>\s]{1,64}>|startoftext|endoftext", re.IGNORECASE)
 
 
 # --- starter catalogue ------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def validate_name(name: str, kind: Kind = "kit") -> str:
         raise InvalidInput(f"Give the {kind} a name.")
     if len(name) > MAX_NAME:
         raise InvalidInput(f"A {kind} name can be at most {MAX_NAME} characters.")
-    if not _NAME.match(name) or _RESERVED.search(name):
+    if not _NAME.match(name) or find_reserved(name):
         raise InvalidInput(
             f"A {kind} name may use letters, digits, spaces and `.'&()+/-` (e.g. `Liverpool home`).")
     return name
@@ -116,7 +116,7 @@ def validate_description(text: str, kind: Kind = "kit") -> str:
                            f"{'`white shirt with a red collar, navy shorts`' if kind == 'kit' else '`oil painting, visible brush strokes`'}.")
     if len(text) > MAX_DESCRIPTION:
         raise InvalidInput(f"Keep the description under {MAX_DESCRIPTION} characters.")
-    if _RESERVED.search(text) or "@" in text:
+    if find_reserved(text) or "@" in text:
         raise InvalidInput("Descriptions are plain words: no `<...>` tokens, `<|...|>` markers or mentions.")
     return text
 

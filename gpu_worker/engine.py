@@ -76,6 +76,7 @@ class Engine:
         t0 = time.perf_counter()
         s = self.settings
         self.pipe = _load_pipeline(s)
+        self.pipe.set_progress_bar_config(disable=True)  # one log line per job instead of a bar per call
         self.composer = Composer(self.pipe, slots=s.ti_slots, lora_cache=s.lora_cache)
         if s.upscaler_model:  # optional; without it the U buttons fall back to Lanczos
             from training.models import load_upscaler
