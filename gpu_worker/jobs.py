@@ -20,6 +20,7 @@ import json
 import logging
 import tempfile
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +41,9 @@ from kitbooth.errors import (
     NotFound,
     UserFacingError,
 )
-from storage import ArtifactNotFound, keys
+from storage import ArtifactNotFound, InvalidKey, keys
+from storage.artifacts import validate_key
+from training.prompts import find_reserved
 
 log = logging.getLogger(__name__)
 jlog = logging.getLogger("gpu_worker.jobs")
@@ -202,10 +205,39 @@ def validate_generate(p: contract.GeneratePayload, max_prompt_chars: int) -> Non
         raise InvalidInput(f"Steps must be between 1 and {MAX_STEPS}.")
     if not 0.0 <= p.guidance <= 30.0:
         raise InvalidInput("Guidance must be between 0 and 30.")
-    if p.face is not None and not p.face.key.startswith(keys.user_prefix(p.user_id)):
+    for part in (p.prompt, p.kit_words, p.style_words, p.negative_prompt):
+        if part and (find_reserved(part) or find_reserved(unicodedata.normalize("NFKC", part))):
+            # Slot tokens (<kb-slot-N>) would reach another request's concept vectors in a shared batch.
+            raise InvalidInput("Your prompt contains reserved tokens (`<...>`, `<|...|>`): remove them.")
+    mine = keys.user_prefix(p.user_id)
+    if p.face is not None and (p.face.kind != "face" or not _key_under(p.face.key, mine)):
         raise NotAllowed("You can only use your own face.")
-    if p.variation_of is not None and not p.variation_of.startswith(keys.user_prefix(p.user_id)):
+    guild = keys.guild_prefix(p.guild_id) if p.guild_id is not None else None
+    for ref, kind in ((p.kit, "kit"), (p.style, "style")):
+        # Kits and styles are the server's own catalogue concepts: never a key under users/ (someone's face).
+        if ref is not None and (ref.kind != kind or guild is None or not _key_under(ref.key, guild)):
+            raise NotAllowed(f"That {kind} does not belong to this server.")
+    if p.variation_of is not None and not _key_under(p.variation_of, mine):
         raise NotAllowed("You can only vary your own images.")
+
+
+def _key_under(key: str, prefix: str) -> bool:
+    """``key`` is a valid store key inside ``prefix`` (no ``..`` or other tricks)."""
+    try:
+        validate_key(key)
+    except InvalidKey:
+        return False
+    return key.startswith(prefix)
+
+
+def check_concept_tokens(art: Any) -> None:
+    """Refuse a concept whose trigger tokens name the composer's slot tokens or CLIP's special tokens: such a
+    token would pass through unrewritten and read another request's vectors in a shared batch."""
+    for tok in getattr(art, "tokens", None) or []:
+        t = unicodedata.normalize("NFKC", str(tok)).lower()
+        if "kb-slot" in t or "<|" in t:
+            raise IncompatibleArtifact("A concept in this request uses a reserved trigger token and cannot be "
+                                       "used. Re-import or retrain it.")
 
 
 async def generate(ctx: dict, payload: Any, **kwargs: Any) -> dict:
@@ -227,6 +259,7 @@ async def _generate(ctx: dict, p: contract.GeneratePayload, run: JobRun, prepari
         for ref in (p.face, p.kit, p.style):
             if ref is not None:
                 art = await ctx["concepts"].get(ref.key, ref.sha256, ref.kind)
+                check_concept_tokens(art)
                 uses.append(ConceptUse(ref.key, art, ref.weight))
         init = None
         if p.variation_of:

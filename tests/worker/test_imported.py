@@ -39,7 +39,7 @@ async def test_generate_with_imported_kohya_lora_kit_and_embedding_style(
     await start_worker(http=simcord_env.bot.http)
     p = contract.GeneratePayload(
         job_id=301, user_id=alice.id, prompt="on the pitch", output_prefix=keys.outputs_prefix(alice.id, 301),
-        target=target, face=face, kit=kit, kit_words="red shirt", style=style, style_words="comic book",
+        target=target, guild_id=guild.id, face=face, kit=kit, kit_words="red shirt", style=style, style_words="comic book",
         count=1, seed=2, width=64, height=64, steps=3,
     )
     await arq_pool.enqueue_job(contract.GENERATE_JOB, p.to_dict(), _job_id=contract.arq_job_id(301))
