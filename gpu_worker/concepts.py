@@ -14,6 +14,7 @@ from storage import ArtifactNotFound, ArtifactStore
 
 log = logging.getLogger(__name__)
 
+GONE = "A concept used by this request no longer exists. Pick another one."
 DAMAGED = "A concept file is damaged or not a KitBooth concept. Retrain or re-import it."
 
 
@@ -36,10 +37,17 @@ class ConceptCache:
     async def get(self, key: str, sha256: str = "", kind: str = "face") -> Any:
         with self._lock:
             hit = self._items.get(key)
-            if hit is not None and (not sha256 or hit[0] == sha256):
-                self._items.move_to_end(key)
+        if hit is not None and (not sha256 or hit[0] == sha256):
+            # The store is the truth: a concept deleted there (/forget, a removed kit) must not live on in
+            # this worker's memory. One existence check per use is cheap next to a generation.
+            if not await asyncio.to_thread(self.store.exists, key):
+                self.invalidate(key)
+                raise NotFound(GONE)
+            with self._lock:
+                if key in self._items:
+                    self._items.move_to_end(key)
                 self.hits += 1
-                return hit[1]
+            return hit[1]
         self.misses += 1
         digest, art = await asyncio.to_thread(self._load, key, sha256, kind)
         with self._lock:
@@ -53,6 +61,14 @@ class ConceptCache:
         with self._lock:
             self._items.pop(key, None)
 
+    def invalidate_prefix(self, prefix: str) -> int:
+        """Drop every cached concept under ``prefix`` (e.g. ``users/<id>/`` after /forget)."""
+        with self._lock:
+            gone = [k for k in self._items if k.startswith(prefix)]
+            for k in gone:
+                del self._items[k]
+        return len(gone)
+
     def _load(self, key: str, sha256: str, kind: str) -> tuple[str, Any]:
         from training.formats import import_file
 
@@ -61,7 +77,7 @@ class ConceptCache:
                 raise IncompatibleArtifact("This concept file is too large to be a KitBooth concept.")
             data = self.store.get_bytes(key)
         except ArtifactNotFound:
-            raise NotFound("A concept used by this request no longer exists. Pick another one.") from None
+            raise NotFound(GONE) from None
         digest = hashlib.sha256(data).hexdigest()
         if sha256 and digest != sha256:
             raise IncompatibleArtifact("A concept file changed or is damaged (checksum mismatch). Retrain or re-import it.")

@@ -580,6 +580,8 @@ async def cancel(ctx: dict, payload: Any, **kwargs: Any) -> dict:
         log.warning("cancel: bad payload: %s", exc)
         return {"ok": False, "reason": str(exc)}
     await set_flags(ctx["redis"], p, time.time())
+    if not p.job_ids and ctx.get("concepts") is not None:  # the whole user (e.g. /forget): drop their concepts
+        ctx["concepts"].invalidate_prefix(keys.user_prefix(p.user_id))
     removed = await drop_queued(ctx["redis"], ctx["settings"].queue_name, user_id=p.user_id, job_ids=p.job_ids)
     for arq_id, function, data in removed:
         job_id = data.get("job_id")
