@@ -49,7 +49,10 @@ class KitBoothBot(commands.Bot):
         extras: dict[str, Any] | None = None,
     ) -> None:
         intents = discord.Intents.default()  # slash commands need no privileged intents
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None)
+        # Replies echo user text (prompts, names, file names): nothing the bot sends pings @everyone, @here or a
+        # role, and users only where a message opts in (e.g. the result delivered to its owner).
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents, help_command=None,
+                         allowed_mentions=discord.AllowedMentions.none())
         self.settings = settings
         self._injected = {"db": db, "store": store, "redis": redis, "arq": arq}
         self._owned: list[Any] = []
