@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+import unicodedata
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any, Literal
@@ -273,7 +274,34 @@ def check_import(data: bytes, filename: str, *, hidden_size: int, max_bytes: int
     if len(data) > max_bytes:
         raise InvalidInput(f"That file is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB.")
     tensors, meta = parse_header(data, filename)
-    return classify(tensors, meta, hidden_size=hidden_size, size_bytes=len(data))
+    info = classify(tensors, meta, hidden_size=hidden_size, size_bytes=len(data))
+    refuse_reserved_triggers(info)
+    return info
+
+
+def _declared_triggers(info: ImportInfo) -> list[str]:
+    """Every trigger the file names: embedding keys, and the tokens a KitBooth/kohya header declares."""
+    names = list(info.embedding_names)
+    meta = info.metadata
+    raw = meta.get("tokens")
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = [raw]
+        names += [str(t) for t in (parsed if isinstance(parsed, list) else [parsed])]
+    names += [meta[k] for k in ("kitbooth_trigger", "trigger", "ss_trigger") if meta.get(k)]
+    return names
+
+
+def refuse_reserved_triggers(info: ImportInfo) -> None:
+    """A trigger that names the worker's slot tokens (``<kb-slot-N>``) or CLIP's special tokens would read
+    another request's concept vectors (another member's face) in a shared batch: refuse the file."""
+    for name in _declared_triggers(info):
+        t = unicodedata.normalize("NFKC", name).lower()
+        if "kb-slot" in t or "<|" in t:
+            raise InvalidInput(f"This file's trigger `{_safe_name(name)}` uses a token KitBooth reserves. "
+                               "Rename the embedding / trigger and upload it again.")
 
 
 def describe(info: ImportInfo) -> dict[str, Any]:

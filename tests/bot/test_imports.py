@@ -169,3 +169,26 @@ def test_oversize_refused():
 def test_parse_header_reads_metadata():
     tensors, meta = parse_header(save({"a": np.zeros((2, 3), np.float16)}, metadata={"k": "v"}))
     assert meta == {"k": "v"} and tensors["a"].shape == (2, 3) and tensors["a"].nbytes == 12
+
+
+@pytest.mark.parametrize("meta", [
+    {"format": "kitbooth-concept", "tokens": json.dumps(["<kb-slot-0>"])},  # a KitBooth-format file's trigger
+    {"tokens": json.dumps(["<KB-SLOT-3>", "x"])},
+    {"kitbooth_trigger": "<kb-slot-1>"},
+    {"ss_trigger": "<|endoftext|>"},
+])
+def test_file_whose_trigger_names_a_slot_token_is_refused(meta):
+    # Such a trigger is never rewritten by the worker and would read another member's face vectors in a
+    # shared batch.
+    with pytest.raises(InvalidInput, match="reserves"):
+        check(save(sd15_lora(), metadata=meta))
+
+
+def test_embedding_named_like_a_slot_token_is_refused():
+    with pytest.raises(InvalidInput, match="reserves"):
+        check(save({"<kb-slot-0>": np.zeros((H,), np.float32)}))
+
+
+def test_ordinary_trigger_metadata_is_accepted():
+    info = check(save(sd15_lora(), metadata={"tokens": json.dumps(["<kb-kit-0>"]), "kitbooth_trigger": "arsenal"}))
+    assert info.kind == "lora"
