@@ -137,7 +137,7 @@ class Trainer:
             lr=0.0, betas=(0.9, 0.999), eps=1e-8,
         )
         self._amp_dtype = _amp_dtype(config, self.device, pipe.unet.dtype)
-        self.scaler = torch.amp.GradScaler("cuda") if self._amp_dtype == torch.float16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self._amp_dtype == torch.float16 else None
 
         from diffusers import DDPMScheduler
 
@@ -469,17 +469,18 @@ class Trainer:
 
 
 def _amp_dtype(config: TrainConfig, device: torch.device, weight_dtype: torch.dtype) -> torch.dtype | None:
-    """Autocast dtype: none on CPU; on CUDA bf16/fp16 per config ('auto': the weights' half dtype, else bf16
-    where supported, else fp16). Half-precision resident weights always need autocast."""
-    if device.type != "cuda":
-        return None
+    """Autocast dtype. Half-precision resident weights always autocast in their own dtype, on any device (CUDA,
+    or a CPU pipeline loaded in bf16/fp16): the cached latents, noise and trainable tensors are fp32, and fp16
+    weights under bf16 autocast would still send fp16 gradients through the ops autocast leaves alone (without
+    a grad scaler). fp32 weights: on CUDA bf16/fp16 per config ('auto': bf16 where supported, else fp16), on
+    CPU none."""
+    if weight_dtype in (torch.float16, torch.bfloat16):
+        return weight_dtype
     mp = config.mixed_precision
+    if device.type != "cuda" or mp == "no":
+        return None
     if mp == "fp16":
         return torch.float16
     if mp == "bf16":
         return torch.bfloat16
-    if weight_dtype in (torch.float16, torch.bfloat16):
-        return weight_dtype
-    if mp == "no":
-        return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
