@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,7 +45,7 @@ async def validate_prompt(services: Services, user_id: int, prompt: str) -> str:
         raise InvalidInput("Describe the picture, e.g. `celebrating a goal in a packed stadium`.")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidInput(f"That prompt is {len(prompt)} characters — keep it under {MAX_PROMPT_CHARS}.")
-    reserved = find_reserved(prompt)
+    reserved = find_reserved(prompt) or find_reserved(unicodedata.normalize("NFKC", prompt))
     if reserved:
         shown = ", ".join(f"`{t}`" for t in reserved[:3])
         raise InvalidInput(f"Your prompt contains reserved token(s) {shown} — remove them. Your face, kit and "

@@ -67,6 +67,7 @@ async def test_unknown_kit_is_refused_with_a_hint(arena):
     ("a goal <|endoftext|> more", "reserved"),
     ("me as <kb-face-3> person", "reserved"),
     ("<lora:someone:1> at the stadium", "reserved"),
+    ("me as \uff1ckb-slot-0\uff1e person", "reserved"),  # fullwidth brackets (NFKC: the worker refuses it too)
 ])
 async def test_prompt_checks(arena, prompt, expected):
     await make_ready_face(arena.services, arena.alice.id)
