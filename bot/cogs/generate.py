@@ -52,7 +52,10 @@ async def validate_prompt(services: Services, user_id: int, prompt: str) -> str:
                            "style are added for you.")
     words = {w.lower() for w in _WORD.findall(prompt)}
     owners = await services.db.trigger_token_owners(words)
-    if any(owner != user_id for owner in owners.values()):
+    # A trigger can be shared (every pure-LoRA face is "ohwx"): one's own trigger is never someone else's.
+    own = {t.lower() for c in await services.db.list_concepts(owner_id=user_id, kind="face")
+           for t in c.trigger_tokens} if owners else set()
+    if any(owner != user_id and tok not in own for tok, owner in owners.items()):
         raise InvalidInput("Your prompt contains another member's trigger word. You can only generate "
                            "pictures of yourself — remove it.")
     return prompt

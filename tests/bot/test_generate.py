@@ -121,3 +121,14 @@ async def test_kit_autocomplete_from_this_guild(arena):
     assert "Manchester Test Home" in names and "Manchester Elsewhere" not in names
     choices = await arena.alice.autocomplete(arena.channel, "generate", "style", "comi", prompt="x")
     assert "Comic" in [c["name"] for c in choices]
+
+
+async def test_a_trigger_word_shared_with_another_member_is_still_your_own(arena):
+    # Pure-LoRA faces all use the same trigger word: neither owner may be refused for typing their own.
+    s = arena.services
+    await make_ready_face(s, arena.alice.id, tokens=["ohwx"])
+    await make_ready_face(s, arena.bob.id, tokens=["ohwx"])
+    for member in (arena.alice, arena.bob):
+        result = await member.slash(arena.channel, "generate", prompt="ohwx person scoring")
+        assert not result.response.ephemeral, result.response.content
+    assert len(await queued(s)) == 2
