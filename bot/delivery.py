@@ -37,9 +37,11 @@ def _mention(user_id: int) -> discord.AllowedMentions:
     return discord.AllowedMentions(users=[discord.Object(id=user_id)], roles=False, everyone=False)
 
 
-async def _files(services: Services, keys: list[str]) -> list[discord.File]:
+async def _files(services: Services, keys: list[str], user_id: int) -> list[discord.File]:
+    from bot.events import _own_keys
+
     out = []
-    for i, key in enumerate(keys[:MAX_FILES]):
+    for i, key in enumerate(_own_keys(keys, user_id)[:MAX_FILES]):
         try:
             data = await asyncio.to_thread(services.store.get_bytes, key)
         except ArtifactNotFound:
@@ -63,7 +65,7 @@ async def deliver(bot: discord.Client, services: Services, event: Event, job: Jo
     kind = event.kind
     if event.type == "job.done" and kind in ("generate", "vary", "reroll"):
         keys = list(event.data.get("output_keys") or [])
-        files = await _files(services, keys)
+        files = await _files(services, keys, event.user_id)
         prompt = event.data.get("prompt") or (job.payload.get("prompt") if job else "") or ""
         seeds = event.data.get("seeds") or []
         seed_text = f" · seed {seeds[0]}" if seeds else ""
@@ -74,13 +76,13 @@ async def deliver(bot: discord.Client, services: Services, event: Event, job: Jo
         return True
     if event.type == "job.done" and kind == "upscale":
         keys = list(event.data.get("output_keys") or [])
-        files = await _files(services, keys)
+        files = await _files(services, keys, event.user_id)
         await channel.send(f"{who} here's your upscaled image.", files=files, allowed_mentions=_mention(event.user_id))
         return True
     if event.type == "job.done" and kind == "export":
         keys = list(event.data.get("file_keys") or [])
         user = bot.get_user(event.user_id) or await bot.fetch_user(event.user_id)
-        await user.send("Your KitBooth concept, exported:", files=await _files(services, keys))
+        await user.send("Your KitBooth concept, exported:", files=await _files(services, keys, event.user_id))
         return True
     if event.type == "concept.ready":
         concept_kind = job.payload.get("kind") if job is not None else None

@@ -214,7 +214,7 @@ class EventConsumer:
             changes["message_id"] = int(event.data["message_id"])
         if changes:
             await db.update_job(job.id, **changes)
-        keys_ = list(event.data.get("output_keys") or [])
+        keys_ = _own_keys(event.data.get("output_keys"), job.user_id)
         if keys_:
             have = {o.artifact_key for o in await db.list_outputs(job_id=job.id, limit=1000)}
             seeds = list(event.data.get("seeds") or [])
@@ -283,8 +283,17 @@ class EventConsumer:
     async def _orphan(self, event: Event) -> None:
         """An event for a job the DB no longer has (the user ran /forget): leave no trace of its files."""
         store = self.services.store
-        for key in list(event.data.get("output_keys") or []) + list(event.data.get("file_keys") or []):
+        gone = _own_keys(event.data.get("output_keys"), event.user_id) + _own_keys(event.data.get("file_keys"),
+                                                                                  event.user_id)
+        if event.type == "concept.ready":
+            gone += _own_keys([event.data.get("artifact_key")], event.user_id)
+        for key in gone:
             await asyncio.to_thread(store.delete, key)
-        if event.type == "concept.ready" and event.data.get("artifact_key"):
-            await asyncio.to_thread(store.delete, event.data["artifact_key"])
         log.info("events: %s for unknown job %s ignored (files removed)", event.type, event.job_id)
+
+
+def _own_keys(raw: Any, user_id: int) -> list[str]:
+    """The keys of an event that lie under ``users/<user_id>/``: an event never attaches, delivers or deletes
+    another user's files."""
+    prefix = keys.user_prefix(user_id)
+    return [k for k in (raw or []) if isinstance(k, str) and k.startswith(prefix) and ".." not in k.split("/")]

@@ -163,3 +163,22 @@ async def test_events_for_forgotten_users_leave_no_files(arena):
     await arena.bot.consumer.drain()
     assert not s.store.exists(key)
     assert await _pending(s) == 0
+
+
+async def test_an_event_never_attaches_delivers_or_deletes_another_users_files(arena):
+    s = arena.services
+    await make_ready_face(s, arena.alice.id)
+    bob_face = await make_ready_face(s, arena.bob.id, tokens=["zkbob"])
+    bob_img = keys.output_key(arena.bob.id, 999, 0)
+    s.store.put_bytes(bob_img, tiny_png())
+    await arena.alice.slash(arena.channel, "generate", prompt="lifting the cup", count=1)
+    (job,) = await s.db.list_jobs(user_id=arena.alice.id, kind="generate")
+    await emit(s, "job.done", job.id, arena.alice.id, "generate", output_keys=[bob_img, bob_face.artifact_key])
+    await arena.bot.consumer.drain()
+    assert await s.db.list_outputs(job_id=job.id) == []  # bob's files are not alice's outputs
+    assert not arena.channel.last_message.attachments  # nor delivered to her
+    # an orphan event (job unknown) names bob's files: they are not deleted on its say-so
+    await emit(s, "concept.ready", 123456, arena.alice.id, "train", output_keys=[bob_img],
+               artifact_key=bob_face.artifact_key)
+    await arena.bot.consumer.drain()
+    assert s.store.exists(bob_img) and s.store.exists(bob_face.artifact_key)
