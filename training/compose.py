@@ -167,9 +167,10 @@ class Composition:
                     module.r[name] ** 0.5 if module.use_rslora.get(name, False) else module.r[name]
                 )
                 xs = x.index_select(0, idx).to(a.weight.dtype)
-                delta = b(a(xs)) * (w.to(device=x.device, dtype=a.weight.dtype) * scale).view(
-                    -1, *([1] * (x.dim() - 1))
-                )
+                # The per-row factor stays fp32 (as peft's python-float scaling does): in a half pipeline a
+                # half factor (0.7 -> 0.6992 in bf16) made a weighted adapter differ from the same request alone.
+                factor = (w.to(x.device, torch.float32) * scale).view(-1, *([1] * (x.dim() - 1)))
+                delta = b(a(xs)) * factor
                 output = output.index_add(0, idx, delta.to(output.dtype))
             return output
 
