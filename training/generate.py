@@ -161,7 +161,9 @@ def _img2img(pipe: Any) -> Any:
     if p is None:
         from diffusers import StableDiffusionImg2ImgPipeline
 
-        p = StableDiffusionImg2ImgPipeline.from_pipe(pipe)
+        # Built from the same modules, not with ``from_pipe``: that casts every shared module to its ``dtype``
+        # argument (default float32), which silently turned a resident fp16/bf16 pipeline into fp32.
+        p = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
         p.set_progress_bar_config(disable=True)
         _IMG2IMG[pipe] = p
     p.scheduler = pipe.scheduler
