@@ -85,7 +85,9 @@ class TrainConfig:
     mask_outside_weight: float = 0.3
     mirror: bool = True  # also train on mirror images (cached like the originals)
     # Speed and numerics
-    mixed_precision: str = "auto"  # auto: bf16 (or fp16) on CUDA, fp32 on CPU
+    # auto: bf16 (or fp16) on CUDA, fp32 on CPU. A pipeline resident in fp16/bf16 (any device) always autocasts in
+    # its own dtype, whatever this says (fp16 with a grad scaler): see training.loop._amp_dtype.
+    mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
     use_xformers: bool = True  # only when installed AND on CUDA
     allow_tf32: bool = True
