@@ -47,9 +47,7 @@ def _bot(args: argparse.Namespace, settings) -> int:
     if args.dev_guild:
         settings = settings.model_copy(update={"dev_guild_id": args.dev_guild})
     from bot.app import create_bot
-    from bot.errors import install_log_redaction
 
-    install_log_redaction(settings.discord_token)
     bot = create_bot(settings)
     log.info("starting KitBooth bot (db %s, redis %s)", settings.db_path, _safe_dsn(settings.redis_url))
     bot.run(token, log_handler=None)  # logging is configured by kitbooth.cli.main

@@ -2,13 +2,12 @@
 
 - ``kitbooth.errors.UserFacingError`` (and discord.py's own check failures) → a short ephemeral reply.
 - Anything else → logged once with a short incident id; the user sees only the id.
-Tokens never reach the logs: ``TokenRedactingFilter`` scrubs the bot token and interaction tokens.
+Tokens never reach the logs: ``kitbooth.log_redaction.TokenRedactingFilter`` scrubs the bot token and interaction tokens.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import traceback
 
@@ -16,6 +15,7 @@ import discord
 from discord import app_commands
 
 from kitbooth.errors import UserFacingError
+from kitbooth.log_redaction import install_log_redaction
 
 log = logging.getLogger(__name__)
 
@@ -99,55 +99,3 @@ def install(bot: discord.Client) -> None:
 
     tree.on_error = on_app_command_error  # type: ignore[method-assign]
     install_log_redaction(getattr(getattr(bot, "settings", None), "discord_token", None))
-
-
-# --- token redaction ---------------------------------------------------------------------------------
-# Interaction tokens are base64 of "interaction:<id>:..." → they start with this prefix.
-_INTERACTION_TOKEN = re.compile(r"aW50ZXJhY3Rpb246[A-Za-z0-9_\-.]+")
-_BOT_TOKEN = re.compile(r"[MNO][A-Za-z\d_-]{23,27}\.[A-Za-z\d_-]{6}\.[A-Za-z\d_-]{27,40}")
-
-
-class TokenRedactingFilter(logging.Filter):
-    """Replace the bot token and interaction tokens in log records (message, args and traceback text)."""
-
-    def __init__(self, secrets_: list[str] | None = None):
-        super().__init__()
-        self.secrets = [s for s in (secrets_ or []) if s]
-
-    def redact(self, text: str) -> str:
-        for s in self.secrets:
-            text = text.replace(s, "[token]")
-        text = _INTERACTION_TOKEN.sub("[interaction-token]", text)
-        return _BOT_TOKEN.sub("[token]", text)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            msg = record.getMessage()
-        except Exception:
-            return True
-        red = self.redact(msg)
-        if red != msg:
-            record.msg, record.args = red, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        return True
-
-
-_installed: TokenRedactingFilter | None = None
-
-
-def install_log_redaction(token: object = None) -> TokenRedactingFilter:
-    """Attach the redacting filter to every root handler (and to new ones via the root logger)."""
-    global _installed
-    secret = token.get_secret_value() if hasattr(token, "get_secret_value") else token
-    if _installed is None:
-        _installed = TokenRedactingFilter()
-    if isinstance(secret, str) and secret and secret not in _installed.secrets:
-        _installed.secrets.append(secret)
-    root = logging.getLogger()
-    for handler in root.handlers:
-        if _installed not in handler.filters:
-            handler.addFilter(_installed)
-    return _installed

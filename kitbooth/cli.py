@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from kitbooth import __version__
+from kitbooth.log_redaction import install_log_redaction
 from kitbooth.settings import load_settings
 
 # Modules that contribute subcommands; a later package adds its own line here.
@@ -52,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_log_redaction(settings.discord_token)  # every process: bot, worker, CLI tools
     try:
         return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:

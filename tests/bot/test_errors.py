@@ -8,7 +8,7 @@ import re
 import pytest
 
 from bot.app import COGS
-from bot.errors import TokenRedactingFilter, install_log_redaction
+from kitbooth.log_redaction import TokenRedactingFilter, install_log_redaction
 
 pytestmark = pytest.mark.parametrize("bot_cogs", [[*COGS, "tests.bot.boom_cog"]])
 
