@@ -113,7 +113,12 @@ def save_artifact(art: ConceptArtifact, path: str | Path | None = None) -> bytes
     from safetensors.torch import save
 
     validate(art)
-    data = save(artifact_tensors(art), metadata=artifact_metadata(art))
+    tensors = artifact_tensors(art)
+    # fp16 overflows above 65504: a value that was finite in fp32 must not be saved as inf.
+    overflow = [k for k, t in tensors.items() if not torch.isfinite(t).all()]
+    if overflow:
+        raise IncompatibleArtifact(f"values too large for fp16 in {overflow[0]} — the concept cannot be saved")
+    data = save(tensors, metadata=artifact_metadata(art))
     if path is not None:
         write_atomic(Path(path), data)
     return data

@@ -102,3 +102,20 @@ def test_check_compatible_refuses_other_base_models(pipe):
     art.unet_lora[key] = torch.zeros(4, 768)  # SD 1.5-sized cross-attention input
     with pytest.raises(IncompatibleArtifact, match="different base model"):
         check_compatible(art, pipe)
+
+
+def test_values_that_overflow_fp16_are_refused_not_saved_as_inf():
+    import dataclasses
+
+    import pytest
+    import torch
+
+    from kitbooth.errors import IncompatibleArtifact
+    from training.artifact import ConceptArtifact, save_artifact
+
+    art = ConceptArtifact(kind="style", method="ti", base_model="tiny", hidden_size=4, tokens=["<s-0>"],
+                          embeddings=torch.ones(1, 4), unet_lora={}, text_lora={}, rank=None, alpha=None,
+                          steps=1, created="2026-11-25T00:00:00Z", version="0.1.0")
+    assert save_artifact(art)  # fine
+    with pytest.raises(IncompatibleArtifact, match="too large for fp16"):
+        save_artifact(dataclasses.replace(art, embeddings=torch.full((1, 4), 1e6)))
