@@ -15,6 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+from kitbooth.errors import UserFacingError
+from kitbooth.settings import redacted_dsn, redis_unreachable
+
 log = logging.getLogger(__name__)
 
 NO_TOKEN = """\
@@ -46,20 +49,24 @@ def _bot(args: argparse.Namespace, settings) -> int:
         return 2
     if args.dev_guild:
         settings = settings.model_copy(update={"dev_guild_id": args.dev_guild})
+    import aiohttp
+    import discord
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
     from bot.app import create_bot
 
     bot = create_bot(settings)
-    log.info("starting KitBooth bot (db %s, redis %s)", settings.db_path, _safe_dsn(settings.redis_url))
-    bot.run(token, log_handler=None)  # logging is configured by kitbooth.cli.main
+    log.info("starting KitBooth bot (db %s, redis %s)", settings.db_path, redacted_dsn(settings.redis_url))
+    try:
+        bot.run(token, log_handler=None)  # logging is configured by kitbooth.cli.main
+    except discord.LoginFailure:
+        raise UserFacingError("Discord refused the bot token: reset it in the developer portal (Bot → Reset Token) "
+                              "and update KITBOOTH_DISCORD_TOKEN.") from None
+    except RedisConnectionError:
+        raise UserFacingError(redis_unreachable(settings.redis_url)) from None
+    except aiohttp.ClientConnectorError as exc:
+        raise UserFacingError(f"Cannot reach Discord ({exc.host}): check this machine's network.") from None
     return 0
-
-
-def _safe_dsn(dsn: str) -> str:
-    """A Redis DSN without its password."""
-    if "@" in dsn and "://" in dsn:
-        scheme, rest = dsn.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return dsn
 
 
 # --- kitbooth up -------------------------------------------------------------------------------------
@@ -138,9 +145,9 @@ def _check_redis(settings) -> tuple[bool, str]:
     r = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
     try:
         r.ping()
-        return True, f"{_safe_dsn(settings.redis_url)} answers PING"
+        return True, f"{redacted_dsn(settings.redis_url)} answers PING"
     except Exception as exc:  # any connection failure is the answer
-        return False, f"{_safe_dsn(settings.redis_url)}: {type(exc).__name__}: {exc}"
+        return False, f"{redacted_dsn(settings.redis_url)}: {type(exc).__name__}: {exc}"
     finally:
         r.close()
 

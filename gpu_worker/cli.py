@@ -10,9 +10,16 @@ def _worker(args: argparse.Namespace, settings) -> int:
                                    ("device", args.device), ("metrics_port", args.metrics_port)) if v is not None}
     if overrides:
         settings = settings.model_copy(update=overrides)
-    from gpu_worker.worker import run_worker
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
-    return run_worker(settings)
+    from gpu_worker.worker import run_worker
+    from kitbooth.errors import UserFacingError
+    from kitbooth.settings import redis_unreachable
+
+    try:
+        return run_worker(settings)
+    except RedisConnectionError:
+        raise UserFacingError(redis_unreachable(settings.redis_url)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from kitbooth import __version__
+from kitbooth.errors import UserFacingError
 from kitbooth.log_redaction import install_log_redaction
 from kitbooth.settings import load_settings
 
@@ -56,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_log_redaction(settings.discord_token)  # every process: bot, worker, CLI tools
     try:
         return int(args.func(args, settings) or 0)
+    except UserFacingError as exc:  # a problem the operator can fix: one clear line, no traceback
+        logging.getLogger("kitbooth").debug("details", exc_info=True)
+        print(f"kitbooth {args.command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -84,6 +84,19 @@ class Settings(BaseSettings):
         return self.artifact_dir or self.data_dir / "artifacts"
 
 
+def redacted_dsn(dsn: str) -> str:
+    """A DSN fit for messages and logs: the password (if any) replaced by ***."""
+    if "@" in dsn and "://" in dsn:
+        scheme, rest = dsn.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return dsn
+
+
+def redis_unreachable(dsn: str) -> str:
+    return (f"Cannot reach Redis at {redacted_dsn(dsn)}: start redis-server (or `docker compose up redis`) "
+            "or set KITBOOTH_REDIS_URL.")
+
+
 def load_settings(**overrides: object) -> Settings:
     """The one place settings are read from the environment and ``.env``."""
     return Settings(**overrides)
