@@ -17,11 +17,13 @@ VOLUME ["/data"]
 CMD ["kitbooth", "bot"]
 
 FROM base AS worker
-# CUDA build of torch first, so the worker extra finds it satisfied; the CLIP BPE file comes from open-clip
-# (its own dependencies are not needed). xformers is optional: PyTorch SDPA is used without it.
-ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# torch first (PyPI's Linux x86_64 wheel is the CUDA build), so the worker extra finds it satisfied; the CLIP
+# BPE file comes from open-clip (its own dependencies are not needed). xformers is optional: PyTorch SDPA is
+# used without it. Another CUDA build: --build-arg TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cuXYZ"
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_PIP_ARGS=""
 ARG INSTALL_XFORMERS=0
-RUN pip install torch==2.13.0 --index-url "$TORCH_INDEX" \
+RUN pip install "torch==${TORCH_VERSION}" ${TORCH_PIP_ARGS} \
  && pip install --no-deps open-clip-torch==3.3.0 \
  && pip install ".[worker]" \
  && if [ "$INSTALL_XFORMERS" = "1" ]; then pip install ".[gpu]"; fi
