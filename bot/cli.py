@@ -101,15 +101,18 @@ def _up(args: argparse.Namespace, settings) -> int:
         children[name] = subprocess.Popen(cmd, env=os.environ.copy())
         print(f"started {name} (pid {children[name].pid})")
 
-    stopping = {"signal": None}
+    stopping = {"signal": None}  # set only when the operator stops us (Ctrl-C, SIGTERM)
 
-    def forward(signum, _frame):
+    def on_signal(signum, _frame):
         stopping["signal"] = signum
+        forward(signum)
+
+    def forward(signum):
         for child in children.values():
             if child.poll() is None:
                 child.send_signal(signum)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = 0
         while True:
@@ -119,7 +122,7 @@ def _up(args: argparse.Namespace, settings) -> int:
                     if stopping["signal"] is None:
                         print(f"{name} exited with status {rc}; stopping the rest", file=sys.stderr)
                         code = rc or 1
-                        forward(signal.SIGTERM, None)
+                        forward(signal.SIGTERM)
                     break
             else:
                 time.sleep(0.2)

@@ -55,3 +55,18 @@ def test_doctor_reports_unreachable_redis_and_missing_model(clean_env, capsys, m
     (clean_env / "model" / "model_index.json").write_text("{}")
     ok, _ = _check_model(s.model_copy(update={"base_model": str(clean_env / "model")}))
     assert ok
+
+
+def test_up_fails_when_a_child_fails_and_stops_the_other(clean_env, monkeypatch, capsys):
+    """A child that cannot start (here: Redis unreachable for both) makes `kitbooth up` exit non-zero."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("KITBOOTH_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    monkeypatch.setenv("KITBOOTH_DISCORD_TOKEN", "not-a-real-token")
+    monkeypatch.setenv("KITBOOTH_BASE_MODEL", str(clean_env / "no-model"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["up"]) != 0
+    assert "stopping the rest" in capsys.readouterr().err
