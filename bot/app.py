@@ -129,23 +129,10 @@ class KitBoothBot(commands.Bot):
             self._owned.clear()
 
 
-def create_bot(
-    settings: Settings,
-    *,
-    db: Any = None,
-    store: Any = None,
-    redis: Any = None,
-    arq: Any = None,
-    cogs: list[str] | None = None,
-    run_consumer: bool = True,
-    run_reconcile: bool = True,
-    extras: dict[str, Any] | None = None,
-) -> KitBoothBot:
-    """Build the bot. Anything not injected is opened from ``settings`` in ``setup_hook``."""
-    return KitBoothBot(
-        settings, db=db, store=store, redis=redis, arq=arq, cogs=cogs,
-        run_consumer=run_consumer, run_reconcile=run_reconcile, extras=extras,
-    )
+def create_bot(settings: Settings, **kwargs: Any) -> KitBoothBot:
+    """Build the bot (keyword arguments as ``KitBoothBot``). Anything not injected is opened from ``settings`` in
+    ``setup_hook``."""
+    return KitBoothBot(settings, **kwargs)
 
 
 def import_check() -> None:

@@ -517,8 +517,6 @@ async def upscale(ctx: dict, payload: Any, **kwargs: Any) -> dict:
 
 
 async def _upscale(ctx: dict, p: contract.UpscalePayload, run: JobRun) -> dict:
-    from gpu_worker.render import png_bytes
-
     store, lane, engine = ctx["store"], ctx["lane"], ctx["engine"]
     mine = keys.user_prefix(p.user_id)
     if not (p.source_key.startswith(mine) and p.output_key.startswith(mine)):
@@ -528,7 +526,7 @@ async def _upscale(ctx: dict, p: contract.UpscalePayload, run: JobRun) -> dict:
     except ArtifactNotFound:
         raise NotFound("That image no longer exists.") from None
     out = await lane.call(lambda: engine.upscale(src, p.prompt, p.seed), priority=PRIO_LIGHT)
-    data = out.png if hasattr(out, "png") else png_bytes(out.image if hasattr(out, "image") else out)
+    data = out.png  # a GeneratedImage: PNG with its parameters and AI-generated marks
     await asyncio.to_thread(store.put_bytes, p.output_key, data)
     res = await _final(ctx, p.target, Outgoing("🔍 Upscaled", files=[(f"upscaled-{p.job_id}.png", data)]))
     await ctx["events"].send("job.done", job_id=p.job_id, user_id=p.user_id, kind=contract.UPSCALE_JOB,
