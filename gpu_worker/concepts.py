@@ -61,6 +61,10 @@ class ConceptCache:
         with self._lock:
             self._items.pop(key, None)
 
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._items)
+
     def invalidate_prefix(self, prefix: str) -> int:
         """Drop every cached concept under ``prefix`` (e.g. ``users/<id>/`` after /forget)."""
         with self._lock:

@@ -19,7 +19,7 @@ from gpu_worker import contract, jobs
 from gpu_worker.concepts import ConceptCache
 from gpu_worker.engine import Engine
 from gpu_worker.events import EventSink
-from gpu_worker.gpu import GpuLane
+from gpu_worker.gpu import PRIO_LIGHT, GpuLane
 from gpu_worker.metrics import Metrics
 from kitbooth.settings import Settings
 from storage import ArtifactStore, LocalArtifactStore
@@ -91,16 +91,49 @@ async def startup(ctx: dict) -> None:
         metrics.serve(settings.metrics_port)
         ctx["metrics_served"] = True
     ctx["metrics_task"] = asyncio.create_task(metrics.poll(ctx["redis"], settings.queue_name, lane))
+    ctx["housekeeping_task"] = asyncio.create_task(_housekeeping(ctx))
     log.info("worker ready: queue=%s device=%s max_batch=%d slice=%.1fs/%s steps",
              settings.queue_name, engine.device, settings.max_batch, settings.slice_seconds, settings.slice_steps)
 
 
+HOUSEKEEPING_INTERVAL_S = 30.0
+
+
+async def forget_deleted(ctx: dict) -> list[str]:
+    """Drop from memory every concept whose file is gone from the store (``/forget``, a retrain, a removed kit):
+    parsed files in the concept cache and LoRA adapters resident on the pipeline. Works on every worker
+    without a broadcast; returns the keys dropped."""
+    store, cache = ctx["store"], ctx["concepts"]
+    engine, lane = ctx["engine"], ctx["lane"]
+    resident = list(engine.composer.resident_adapters()) if engine.composer is not None else []
+    candidates = set(cache.keys()) | set(resident)
+    gone = [k for k in sorted(candidates) if not await asyncio.to_thread(store.exists, k)]
+    for k in gone:
+        cache.invalidate(k)
+    stale = [k for k in gone if k in resident]
+    if stale:
+        await lane.call(lambda: [engine.composer.evict(k) for k in stale], priority=PRIO_LIGHT)
+    return gone
+
+
+async def _housekeeping(ctx: dict) -> None:
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
+        try:
+            gone = await forget_deleted(ctx)
+            if gone:
+                log.info("dropped %d deleted concept(s) from memory", len(gone))
+        except Exception:
+            log.exception("housekeeping failed")
+
+
 async def shutdown(ctx: dict) -> None:
-    task = ctx.pop("metrics_task", None)
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("metrics_task", "housekeeping_task"):
+        task = ctx.pop(name, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if ctx.get("owns_http") and ctx.get("http") is not None:
         await ctx["http"].close()
     lane: GpuLane | None = ctx.get("lane")

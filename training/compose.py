@@ -364,6 +364,13 @@ class Composer:
         self._layers = None
         log.info("lora adapter %s evicted (%s)", res.adapter, key)
 
+    def evict(self, key: str) -> bool:
+        """Delete one concept's resident adapter (e.g. its file was deleted); False when it was not resident."""
+        if key not in self._resident:
+            return False
+        self._evict(key)
+        return True
+
     def evict_all(self) -> None:
         """Delete every resident adapter (e.g. before handing the pipeline to a trainer)."""
         for key in list(self._resident):
