@@ -61,7 +61,7 @@ class ConceptCache:
         with self._lock:
             self._items.pop(key, None)
 
-    def keys(self) -> list[str]:
+    def cached_keys(self) -> list[str]:
         with self._lock:
             return list(self._items)
 

@@ -244,14 +244,8 @@ def _sample_prompt(kind: str) -> str:
 
 
 def _load_pipeline(s: Settings) -> Any:
-    try:
-        from training.models import load_base_pipeline
-    except ImportError:  # until training.models lands: a local diffusers folder only
-        import torch
-        from diffusers import StableDiffusionPipeline
+    from training.models import load_base_pipeline
 
-        pipe = StableDiffusionPipeline.from_pretrained(s.base_model, local_files_only=True, safety_checker=None,
-                                                       requires_safety_checker=False, torch_dtype=torch.float32)
-        return pipe.to("cuda" if s.device == "cuda" else "cpu")
+    checker = (s.safety_checker_model or True) if s.safety_checker else False
     return load_base_pipeline(s.base_model, device=s.device, dtype=s.dtype, offline=s.offline,
-                              safety_checker=s.safety_checker)
+                              safety_checker=checker)

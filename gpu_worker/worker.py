@@ -106,7 +106,7 @@ async def forget_deleted(ctx: dict) -> list[str]:
     store, cache = ctx["store"], ctx["concepts"]
     engine, lane = ctx["engine"], ctx["lane"]
     resident = list(engine.composer.resident_adapters()) if engine.composer is not None else []
-    candidates = set(cache.keys()) | set(resident)
+    candidates = set(cache.cached_keys()) | set(resident)
     gone = [k for k in sorted(candidates) if not await asyncio.to_thread(store.exists, k)]
     for k in gone:
         cache.invalidate(k)

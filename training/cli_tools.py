@@ -69,7 +69,8 @@ def _load(args: argparse.Namespace, settings: Any) -> tuple[Any, Any]:
     pipe = load_base_pipeline(
         args.base_model or settings.base_model, device=args.device or settings.device, dtype=settings.dtype,
         offline=settings.offline,
-        safety_checker=False if args.no_safety_checker else (settings.safety_checker_model or settings.safety_checker),
+        safety_checker=False if args.no_safety_checker or not settings.safety_checker
+        else (settings.safety_checker_model or True),
     )
     return pipe, Composer(pipe, slots=settings.ti_slots, lora_cache=settings.lora_cache)
 
@@ -205,12 +206,8 @@ def _inspect(args: argparse.Namespace, settings: Any) -> int:
 def _convert(args: argparse.Namespace, settings: Any) -> int:
     from kitbooth.errors import UserFacingError
     from training.artifact import load_artifact
+    from training.formats import export
 
-    try:
-        from training.formats import export
-    except ImportError:
-        print("error: conversion is not available in this build (training.formats missing)", file=sys.stderr)
-        return 2
     try:
         files = export(load_artifact(Path(args.file)), args.to, Path(args.out))
     except UserFacingError as exc:

@@ -232,13 +232,10 @@ class Composer:
     # --- validation (no mutation) --------------------------------------------------------------------------
     def check(self, use: ConceptUse) -> None:
         """Raise :class:`IncompatibleArtifact` if the concept cannot be applied to this pipeline."""
+        from training.artifact import check_compatible
+
         art = use.artifact
-        try:
-            from training.artifact import check_compatible
-        except ImportError:  # the artifact module is optional for the composer
-            check_compatible = None
-        if check_compatible is not None:
-            check_compatible(art, self.pipe)
+        check_compatible(art, self.pipe)
         hs = getattr(art, "hidden_size", None)
         if hs is not None and hs != self.hidden_size:
             raise IncompatibleArtifact(
