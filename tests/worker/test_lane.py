@@ -127,3 +127,21 @@ def test_engine_refuses_a_misconfigured_upscaler_at_start(tiny_model_dir, tmp_pa
                  safety_checker=False, offline=True, upscaler_model=str(tmp_path / "no-such-upscaler"))
     with pytest.raises(UserFacingError, match="KITBOOTH_UPSCALER_MODEL"):
         Engine(s).load()
+
+
+def test_engine_uses_the_configured_safety_checker_model(tiny_model_dir, tmp_path):
+    """KITBOOTH_SAFETY_CHECKER_MODEL reaches the loader (a missing one is refused at start-up)."""
+    import pytest
+
+    from gpu_worker.engine import Engine
+    from kitbooth.errors import UserFacingError
+    from kitbooth.settings import Settings
+
+    s = Settings(_env_file=None, base_model=str(tiny_model_dir), device="cpu", dtype="float32", offline=True,
+                 safety_checker=True, safety_checker_model=str(tmp_path / "no-such-checker"))
+    with pytest.raises(UserFacingError, match="Safety checker"):
+        Engine(s).load()
+    # Switched off, the model setting is not used at all.
+    off = Engine(s.model_copy(update={"safety_checker": False}))
+    off.load()
+    assert off.pipe.safety_checker is None
