@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from PIL import Image
 
 from training.artifact import ConceptArtifact
 from training.lora import find_targets
@@ -37,3 +39,24 @@ def make_artifact(  # values are fp16-exact, so files written in fp16 hold exact
 
 def fp16(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float16).float()
+
+
+def load_pipe(model_dir):
+    """A fresh tiny pipeline (no progress bars)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def synthetic_images() -> list[Image.Image]:
+    """Three 64×64 training images with a dominant colour each (deterministic)."""
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(3):
+        arr = np.zeros((64, 64, 3), np.uint8)
+        arr[..., i] = 200
+        arr += rng.integers(0, 40, (64, 64, 3), dtype=np.uint8)
+        out.append(Image.fromarray(arr))
+    return out

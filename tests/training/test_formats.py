@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load, save
 
 from kitbooth.errors import IncompatibleArtifact
-from tests.training.concepts import fp16, make_artifact
+from tests.training.concepts import fp16, load_pipe, make_artifact
 from training.artifact import check_compatible, lora_modules
 from training.formats import (
     DIFFUSERS_LORA_NAME,
@@ -27,17 +27,9 @@ from training.formats import (
 torch.set_num_threads(1)
 
 
-def _load(model_dir):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.fixture(scope="module")
 def pipe(tiny_model_dir):
-    return _load(tiny_model_dir)
+    return load_pipe(tiny_model_dir)
 
 
 def _generate(pipe, prompt: str) -> np.ndarray:
@@ -68,7 +60,7 @@ def test_kohya_names_round_trip():
 
 
 def test_diffusers_ti_export_loads_in_diffusers(tiny_model_dir, tmp_path):
-    pipe = _load(tiny_model_dir)
+    pipe = load_pipe(tiny_model_dir)
     art = make_artifact(pipe, method="ti")
     files = export(art, "diffusers", tmp_path)
     assert files == [tmp_path / DIFFUSERS_TI_NAME]
@@ -86,7 +78,7 @@ def test_diffusers_ti_export_loads_in_diffusers(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("text,alpha", [(False, 4.0), (True, 8.0)])
 def test_diffusers_lora_export_loads_in_diffusers(tiny_model_dir, tmp_path, text, alpha):
-    base = _load(tiny_model_dir)
+    base = load_pipe(tiny_model_dir)
     art = make_artifact(base, method="lora", text=text, alpha=alpha)
     prompt = "a photo of a zwkit football kit"
     plain = _generate(base, prompt)
@@ -99,7 +91,7 @@ def test_diffusers_lora_export_loads_in_diffusers(tiny_model_dir, tmp_path, text
     keys = list(load(files[0].read_bytes()))
     assert all(k.startswith(("unet.", "text_encoder.")) for k in keys)
     assert any(k.startswith("text_encoder.") for k in keys) == text
-    pipe = _load(tiny_model_dir)
+    pipe = load_pipe(tiny_model_dir)
     pipe.load_lora_weights(tmp_path)  # diffusers' own loader
     np.testing.assert_allclose(_generate(pipe, prompt), reference, atol=1e-5)
     back = import_file(files[0], kind="kit", pipe=pipe)

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.training.concepts import synthetic_images
 from tests.training.test_compose import FakeArtifact, face_ti, lora_state
 
 torch.set_num_threads(1)
@@ -55,17 +56,6 @@ def half(request, tiny_model_dir):
     composer = Composer(pipe, slots=8, lora_cache=3)
     yield request.param, pipe, composer
     composer.evict_all()
-
-
-def _images() -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(3):
-        arr = np.zeros((64, 64, 3), np.uint8)
-        arr[..., i] = 200
-        arr += rng.integers(0, 40, (64, 64, 3), dtype=np.uint8)
-        out.append(Image.fromarray(arr))
-    return out
 
 
 def _run(pipe, prompts: list[str], seed: int = 0) -> np.ndarray:
@@ -213,7 +203,7 @@ def test_trainers_on_a_half_pipeline_resume_restore_and_export(half, method, ext
     p = "a photo of a person"
     base, before = _run(pipe, [p]), _weights(pipe)
     cfg = default_config("face", method=method, resolution=64, batch_size=2, steps=6, checkpoint_every=0, **extra)
-    with Trainer(pipe, _images(), cfg) as t:
+    with Trainer(pipe, synthetic_images(), cfg) as t:
         assert t._amp_dtype == dtype  # half resident weights autocast in their own dtype, whatever the config
         assert (t.scaler is not None) == (dtype == torch.float16)
         t.run(max_steps=3)
@@ -284,7 +274,7 @@ def test_cuda_branch_of_attach_restores_tf32_and_attention(tiny_model_dir, monke
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, local_files_only=True, dtype=torch.bfloat16)
     cfg = default_config("face", method="lora", resolution=64, steps=2, checkpoint_every=0,
                          gradient_checkpointing=True)
-    t = Trainer(pipe, _images(), cfg)
+    t = Trainer(pipe, synthetic_images(), cfg)
     procs = {k: type(v) for k, v in pipe.unet.attn_processors.items()}
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

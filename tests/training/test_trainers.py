@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.training.concepts import load_pipe, synthetic_images
 from training.checkpoint import BadCheckpoint
 from training.config import TrainConfig, default_config
 from training.data import expand_captions, loss_weights, tokenize_caption
@@ -16,29 +17,14 @@ from training.pivotal import learning_rates, phase_at
 torch.set_num_threads(1)
 
 
-def _load(model_dir):
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 @pytest.fixture(scope="module")
 def pipe(tiny_model_dir):
-    return _load(tiny_model_dir)
+    return load_pipe(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
 def images():
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(3):
-        arr = np.zeros((64, 64, 3), np.uint8)
-        arr[..., i] = 200
-        arr += rng.integers(0, 40, (64, 64, 3), dtype=np.uint8)
-        out.append(Image.fromarray(arr))
-    return out
+    return synthetic_images()
 
 
 def _cfg(method: str, **kw) -> TrainConfig:
@@ -135,7 +121,7 @@ def test_resume_in_new_trainer_equals_uninterrupted(tiny_model_dir, pipe, images
         assert t.run(max_steps=1) == 4  # slices continue in the same trainer too
         blob = t.state_dict()
     torch.manual_seed(1234)  # process RNG noise between slices must not matter
-    fresh = _load(tiny_model_dir)  # a new worker: freshly loaded pipeline, new Trainer, no photos needed
+    fresh = load_pipe(tiny_model_dir)  # a new worker: freshly loaded pipeline, new Trainer, no photos needed
     with Trainer(fresh, [], cfg) as t:
         t.load_state_dict(blob)
         assert t.step == 4
@@ -197,7 +183,7 @@ def _add_resident_adapter(pipe) -> None:
 
 @pytest.mark.parametrize("with_resident_adapter", [False, True])
 def test_pipeline_bit_identical_after_training(tiny_model_dir, images, with_resident_adapter):
-    pipe = _load(tiny_model_dir)
+    pipe = load_pipe(tiny_model_dir)
     if with_resident_adapter:
         base = _generate(pipe)
         _add_resident_adapter(pipe)
