@@ -68,7 +68,8 @@ class KitBoothBot(commands.Bot):
         from arq.connections import RedisSettings
         from redis.asyncio import Redis
 
-        from storage import Database, LocalArtifactStore
+        from storage import LocalArtifactStore
+        from storage.database import Database
 
         s = self.settings
         db = self._injected["db"]

@@ -23,7 +23,7 @@ from storage import keys
 
 if TYPE_CHECKING:
     from bot.services import Services
-    from storage import Job
+    from storage.database import Job
 
 log = logging.getLogger(__name__)
 

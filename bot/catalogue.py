@@ -23,7 +23,7 @@ from discord import app_commands
 
 from gpu_worker import contract
 from kitbooth.errors import Busy, InvalidInput, NotAllowed, NotFound
-from storage import Concept, Database, Kit, utcnow
+from storage.database import Concept, Database, Kit, utcnow
 from training.prompts import find_reserved
 
 if TYPE_CHECKING:

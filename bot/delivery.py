@@ -14,7 +14,7 @@ from storage import ArtifactNotFound
 if TYPE_CHECKING:
     from bot.services import Services
     from gpu_worker.contract import Event
-    from storage import Job
+    from storage.database import Job
 
 log = logging.getLogger(__name__)
 

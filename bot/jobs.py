@@ -20,7 +20,7 @@ from kitbooth.errors import UserFacingError
 
 if TYPE_CHECKING:
     from bot.services import Services
-    from storage import Job
+    from storage.database import Job
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from kitbooth.settings import Settings
-    from storage import ArtifactStore, Database
+    from storage import ArtifactStore
+    from storage.database import Database
 
 
 @dataclass

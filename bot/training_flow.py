@@ -25,7 +25,7 @@ from storage import keys
 
 if TYPE_CHECKING:
     from bot.services import Services
-    from storage import Concept, Job
+    from storage.database import Concept, Job
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,9 @@
 - Cancellation: Redis flag keys the worker checks between steps.
 - Events: the worker's Redis stream (``Settings.events_stream``), which the bot consumes with a group.
 - Result buttons: the ``custom_id`` format (the ids live in it, so buttons survive a bot restart).
+- Limits: ``limits`` (``kitbooth.limits``), the one definition of what a request may ask for.
+
+``PayloadError`` is ``kitbooth.errors.PayloadError`` (the one error tree), re-exported here.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
+
+from kitbooth import limits  # noqa: F401 - part of the contract (re-exported)
+from kitbooth.errors import PayloadError  # noqa: F401 - re-exported
 
 CONTRACT_VERSION = 1
 
@@ -24,10 +30,6 @@ CANCEL_JOB = "cancel"
 EXPORT_JOB = "export"
 
 ConceptKind = Literal["face", "kit", "style"]
-
-
-class PayloadError(ValueError):
-    """A payload or event that does not match the contract."""
 
 
 T = TypeVar("T", bound="_Wire")

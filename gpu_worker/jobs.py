@@ -32,7 +32,7 @@ from gpu_worker.engine import GenItem, SliceWork
 from gpu_worker.gpu import PRIO_GENERATE, PRIO_LIGHT, PRIO_TRAIN
 from gpu_worker.metrics import job_line
 from gpu_worker.progress import ProgressPump, preview_png
-from gpu_worker.render import Outgoing, failure_text, generate_result, progress_text
+from kitbooth.render import Outgoing, failure_text, generate_result, progress_text
 from kitbooth.errors import (
     IncompatibleArtifact,
     InvalidInput,
@@ -302,10 +302,8 @@ async def _generate(ctx: dict, p: contract.GeneratePayload, run: JobRun, prepari
         await asyncio.to_thread(store.put_bytes, k, g.png)
     seeds = [int(g.seed) for g in images]
     nsfw = [bool(getattr(g, "nsfw", False)) for g in images]
-    msg = await asyncio.to_thread(
-        generate_result, job_id=p.job_id, user_id=p.user_id, prompt=p.prompt, seeds=seeds,
-        images=[g.image for g in images], nsfw=nsfw, seconds=time.time() - run.started,
-    )
+    msg = generate_result(job_id=p.job_id, user_id=p.user_id, prompt=p.prompt, seeds=seeds,
+                          pngs=[g.png for g in images], nsfw=nsfw, seconds=time.time() - run.started)
     res = await _final(ctx, p.target, msg)
     await ctx["events"].send(
         "job.done", job_id=p.job_id, user_id=p.user_id, kind=contract.GENERATE_JOB, target=p.target,

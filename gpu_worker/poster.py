@@ -25,7 +25,7 @@ import discord
 from discord.http import HTTPClient, Route, handle_message_parameters
 
 from gpu_worker.contract import DiscordTarget
-from gpu_worker.render import Outgoing
+from kitbooth.render import Outgoing
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gpu_worker.contract import DiscordTarget
-from gpu_worker.render import Outgoing
+from kitbooth.render import Outgoing
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,26 @@
-"""The error hierarchy shared by every process. Torch-free.
+"""KitBooth's one error tree, shared by every process. Standard library only.
 
-``UserFacingError`` carries a short message that tells the user what to do; the bot shows it as an
-ephemeral reply and the worker puts it in a ``job.failed`` event. Anything else is a bug: it is logged with
-an incident id and the user sees only that id.
+    KitBoothError
+    ├── UserFacingError          message is safe to show as is; says what to do (one or two sentences)
+    │   ├── InvalidInput         the user's photo, prompt, file or option cannot be used
+    │   │   └── IncompatibleArtifact   a concept file we cannot read or compose (wrong model, bad header, ...)
+    │   ├── NotAllowed           not the owner, missing permission, consent not given
+    │   ├── NotFound             the thing named does not exist (or is not theirs)
+    │   ├── QuotaExceeded        a quota or rate limit was reached
+    │   └── Busy                 a conflicting operation is already running
+    ├── PayloadError (ValueError)  a job payload or event that does not match the contract: never retried
+    ├── TransientError           something outside us failed for a moment (Redis, the store, Discord 5xx):
+    │   │                        the worker's job runner retries the job (a training: the same slice)
+    │   └── StoreUnavailable     (also a StorageError) the artifact store did not answer or refused a write
+    ├── JobCancelled             a running job saw its cancel flag between steps (not the user's fault)
+    └── StorageError             storage/: keys and objects
+        ├── InvalidKey (ValueError)      an unsafe or malformed artifact key
+        ├── ArtifactNotFound (KeyError)  no object under this key
+        └── StoreUnavailable             (see above)
+
+The bot turns a ``UserFacingError`` into a short ephemeral reply; anything outside the tree is a bug, logged
+once with an incident id. The worker's job runner (``gpu_worker.runner``) maps each class to an outcome by type
+(retry / fail with the user's message / drop), never by message text.
 """
 
 from __future__ import annotations
@@ -44,8 +62,35 @@ class Busy(UserFacingError):
 
 
 class IncompatibleArtifact(InvalidInput):
-    """A concept file made for another base model, or in a format we cannot read."""
+    """A concept file made for another base model, or in a format we cannot read or compose."""
+
+
+class PayloadError(KitBoothError, ValueError):
+    """A payload or event that does not match the contract (a bug or a version skew: never retried)."""
+
+
+class TransientError(KitBoothError):
+    """A dependency failed for a moment (Redis blip, store hiccup, Discord 5xx): the job is worth retrying."""
 
 
 class JobCancelled(KitBoothError):
     """A running job was cancelled between steps (not an error the user caused)."""
+
+
+class StorageError(KitBoothError):
+    """Base class of storage errors."""
+
+
+class InvalidKey(StorageError, ValueError):
+    """An artifact key that is unsafe or malformed."""
+
+
+class ArtifactNotFound(StorageError, KeyError):
+    """No object under this key."""
+
+    def __str__(self) -> str:
+        return f"no artifact {self.args[0]!r}"
+
+
+class StoreUnavailable(StorageError, TransientError):
+    """The artifact store did not answer, or refused a write (disk full, S3 5xx)."""

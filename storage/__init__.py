@@ -1,13 +1,14 @@
-"""Persistence: the SQLite database (aiosqlite) and the artifact store. Torch-free."""
+"""Persistence shared by both processes: the artifact store, its key layout and its errors. Torch-free.
+
+The database (aiosqlite) is NOT imported here: only the bot uses it, from ``storage.database``. The worker's
+install (``.[worker]``) has no aiosqlite, so importing ``storage`` must never pull it in.
+"""
 
 from storage import keys
 from storage.artifacts import ArtifactStore, LocalArtifactStore, validate_key
-from storage.db import connect, migrate
-from storage.errors import ArtifactNotFound, InvalidKey, StorageError
-from storage.repository import Concept, Database, GuildSettings, Job, Kit, Output, User, utcnow
+from storage.errors import ArtifactNotFound, InvalidKey, StorageError, StoreUnavailable
 
 __all__ = [
-    "ArtifactNotFound", "ArtifactStore", "Concept", "Database", "GuildSettings", "InvalidKey", "Job", "Kit",
-    "LocalArtifactStore", "Output", "StorageError", "User", "connect", "keys", "migrate", "utcnow",
+    "ArtifactNotFound", "ArtifactStore", "InvalidKey", "LocalArtifactStore", "StorageError", "StoreUnavailable", "keys",
     "validate_key",
 ]

@@ -84,10 +84,11 @@ async def connect(path: str | Path, *, apply_migrations: bool = True) -> aiosqli
     # isolation_level=None: we manage transactions explicitly (BEGIN ... COMMIT).
     conn = await aiosqlite.connect(str(path), isolation_level=None, timeout=30)
     conn.row_factory = aiosqlite.Row
-    await conn.execute("PRAGMA journal_mode = WAL")
-    await conn.execute("PRAGMA foreign_keys = ON")
-    await conn.execute("PRAGMA busy_timeout = 30000")
-    await conn.execute("PRAGMA synchronous = NORMAL")
+    # Each pragma's cursor is consumed and closed: journal_mode returns a row, and a cursor left open keeps a
+    # statement "in progress", which made the first migration's BEGIN fail on a fresh database.
+    for pragma in ("journal_mode = WAL", "foreign_keys = ON", "busy_timeout = 30000", "synchronous = NORMAL"):
+        async with conn.execute(f"PRAGMA {pragma}") as cur:
+            await cur.fetchall()
     if apply_migrations:
         try:
             await migrate(conn)

@@ -1,16 +1,5 @@
-"""Storage errors."""
+"""Storage errors: their place is in the one error tree of ``kitbooth.errors``; re-exported here."""
 
+from kitbooth.errors import ArtifactNotFound, InvalidKey, StorageError, StoreUnavailable
 
-class StorageError(Exception):
-    """Base class of storage errors."""
-
-
-class InvalidKey(StorageError, ValueError):
-    """An artifact key that is unsafe or malformed."""
-
-
-class ArtifactNotFound(StorageError, KeyError):
-    """No object under this key."""
-
-    def __str__(self) -> str:
-        return f"no artifact {self.args[0]!r}"
+__all__ = ["ArtifactNotFound", "InvalidKey", "StorageError", "StoreUnavailable"]

@@ -43,7 +43,7 @@ def store(tmp_path):
 
 @pytest.fixture
 async def db(tmp_path):
-    from storage import Database
+    from storage.database import Database
 
     database = await Database.open(tmp_path / "kitbooth.db")
     try:

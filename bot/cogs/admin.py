@@ -18,7 +18,7 @@ from kitbooth.errors import InvalidInput
 if TYPE_CHECKING:
     from bot.app import KitBoothBot
     from bot.services import Services
-    from storage import GuildSettings
+    from storage.database import GuildSettings
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from discord.ext import commands
 from bot import catalogue, errors, imports, training_flow
 from bot.catalogue import Kind, kit_autocomplete, style_autocomplete
 from kitbooth.errors import InvalidInput, NotAllowed
-from storage import Kit, keys
+from storage import keys
+from storage.database import Kit
 
 if TYPE_CHECKING:
     from bot.app import KitBoothBot

@@ -27,7 +27,7 @@ from training.prompts import find_reserved
 if TYPE_CHECKING:
     from bot.app import KitBoothBot
     from bot.services import Services
-    from storage import Concept
+    from storage.database import Concept
 
 log = logging.getLogger(__name__)
 

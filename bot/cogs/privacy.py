@@ -22,7 +22,7 @@ from kitbooth.errors import NotFound
 if TYPE_CHECKING:
     from bot.app import KitBoothBot
     from bot.services import Services
-    from storage import Concept
+    from storage.database import Concept
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import sqlite3
 import aiosqlite
 import pytest
 
-from storage import Database
+from storage.database import Database
 from storage.db import connect, load_migrations, migrate
 
 

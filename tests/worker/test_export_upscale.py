@@ -5,7 +5,7 @@ from __future__ import annotations
 from PIL import Image
 
 from gpu_worker import contract
-from gpu_worker.render import png_bytes
+from kitbooth.render import png_bytes
 from storage import keys
 from tests.worker.conftest import put_face, wait_events
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from gpu_worker.poster import Poster
-from gpu_worker.render import Outgoing, png_bytes, result_buttons
+from kitbooth.render import Outgoing, png_bytes, result_buttons
 from tests.worker.conftest import target_of
 
 

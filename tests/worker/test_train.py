@@ -17,7 +17,7 @@ from tests.worker.conftest import put_face, target_of, wait_events
 
 
 def photos(n: int = 4, size: int = 64) -> list[bytes]:
-    from gpu_worker.render import png_bytes
+    from kitbooth.render import png_bytes
 
     out = []
     for i in range(n):

@@ -1,0 +1,26 @@
+"""Every limit on what a member may ask for, defined once. Standard library only.
+
+The bot's slash-command ranges, the bot's checks, the worker's payload checks, the concept-file validator and
+the CLI all read these names; ``gpu_worker.contract`` re-exports them as part of the bot <-> worker contract.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PROMPT_CHARS: Final = 1000          # prompt (and each prompt part: kit/style words, negative prompt)
+COUNT_MIN: Final = 1                # images per /generate
+COUNT_MAX: Final = 4
+STEPS_MIN: Final = 1                # denoising steps per image
+STEPS_MAX: Final = 100
+SIDE_MIN: Final = 64                # image width/height in pixels, multiples of SIDE_MULTIPLE
+SIDE_MAX: Final = 1024
+SIDE_MULTIPLE: Final = 8
+GUIDANCE_MAX: Final = 30.0
+SEED_MAX: Final = 2**31 - 1
+TRAIN_STEPS_MAX: Final = 5000       # training steps of one concept
+TI_VECTORS_MAX: Final = 16          # vectors per textual-inversion token (embedding rows)
+LORA_RANK_MAX: Final = 256          # LoRA/LoCon rank of a concept file
+CONCEPT_FILE_BYTES: Final = 10 * 1024 * 1024  # a concept file the bot imports or the worker loads
+NAME_CHARS: Final = 40              # kit/style names
+DESCRIPTION_CHARS: Final = 300      # kit/style prompt words
