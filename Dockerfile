@@ -10,23 +10,23 @@ COPY training ./training
 COPY gpu_worker ./gpu_worker
 COPY bot ./bot
 COPY benchmarks ./benchmarks
+# The one install recipe: the test command builds its per-process venvs with it too (scripts/test-processes).
+COPY scripts/install-process ./scripts/install-process
 
 FROM base AS bot
-RUN pip install ".[bot]"
+RUN sh scripts/install-process bot
 VOLUME ["/data"]
 CMD ["kitbooth", "bot"]
 
 FROM base AS worker
-# torch first (PyPI's Linux x86_64 wheel is the CUDA build), so the worker extra finds it satisfied; the CLIP
-# BPE file comes from open-clip (its own dependencies are not needed). xformers is optional: PyTorch SDPA is
+# The recipe installs torch first (PyPI's Linux x86_64 wheel is the CUDA build), so the worker extra finds it
+# satisfied, then open-clip without its dependencies (only its CLIP BPE file is used). The test command runs
+# the same recipe with TORCH_SPEC=torch==2.13.0+cpu. xformers is optional (INSTALL_XFORMERS=1): PyTorch SDPA is
 # used without it. Another CUDA build: --build-arg TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cuXYZ"
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_PIP_ARGS=""
 ARG INSTALL_XFORMERS=0
-RUN pip install "torch==${TORCH_VERSION}" ${TORCH_PIP_ARGS} \
- && pip install --no-deps open-clip-torch==3.3.0 \
- && pip install ".[worker]" \
- && if [ "$INSTALL_XFORMERS" = "1" ]; then pip install ".[gpu]"; fi
+RUN TORCH_SPEC="torch==${TORCH_VERSION}" sh scripts/install-process worker
 ENV HF_HOME=/models
 VOLUME ["/data", "/models"]
 CMD ["kitbooth", "worker"]

@@ -32,7 +32,7 @@ def build_sd15(device: Any, dtype: Any = None) -> Any:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from training import models
-    from training.generate import use_dpm_solver
+    from training.pipeline_calls import use_dpm_solver
     from training.tiny import write_clip_tokenizer
 
     dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)

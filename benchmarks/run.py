@@ -5,8 +5,9 @@ Profiles (sizes chosen so each mode stays within its time budget; the output sta
 ==========  =====================================================================================================
 --quick     tiny model; training ratio at 128² (the default 512² makes the uncached baseline ~3 s a step on a CPU);
             swap at 512²; batch of 4 at 128², 10 steps; 20 queue jobs at 64², 4 steps; 3 generations during
-            training. Under 2 minutes on a 2-core CPU.
-(default)   tiny model; training ratio at 512² (the trainer's default); more repeats everywhere.
+            training; 60 /generate pairs for the bot's keyspace ratio. Under 2 minutes on a 2-core CPU.
+(default)   tiny model; training ratio at 512² (the trainer's default); more repeats everywhere (200 /generate
+            pairs for the bot's keyspace ratio: ``benchmarks/bot_generate.py``, Redis DBs 8 and 9).
 --full-size real SD 1.5 architecture, random weights, fp16 (needs --device cuda): every ratio at 512², plus the
             GPU-mode figures (face training, UNet it/s, 4×25 generation, peak memory).
 --smoke     (hidden) the quick profile with the fewest repeats: proves the command works end to end (tests).
@@ -46,12 +47,13 @@ class Profile:
     slice_seconds: float
     wait_train_resolution: int
     full_repeats: int = 5
+    bot_repeats: int = 200  # /generate calls per side of the bot keyspace ratio
     train_steps_full: int | None = None  # None: the face default (500)
 
 
 PROFILES = {
-    "smoke": Profile("smoke", 64, 1, 64, 2, 1, 64, 2, 1, 64, 2, 3, 1, 0.5, 64),
-    "quick": Profile("quick", 128, 3, 512, 10, 2, 128, 10, 3, 64, 4, 20, 3, 1.0, 64),
+    "smoke": Profile("smoke", 64, 1, 64, 2, 1, 64, 2, 1, 64, 2, 3, 1, 0.5, 64, bot_repeats=5),
+    "quick": Profile("quick", 128, 3, 512, 10, 2, 128, 10, 3, 64, 4, 20, 3, 1.0, 64, bot_repeats=60),
     "default": Profile("default", 512, 4, 512, 30, 3, 128, 20, 5, 64, 4, 50, 6, 2.0, 128),
     "full-size": Profile("full-size", 512, 5, 512, 30, 3, 512, 25, 3, 512, 4, 20, 4, 2.0, 512, 10),
 }
@@ -109,21 +111,21 @@ def _quiet() -> None:
 
 def run(settings: Any, *, quick: bool = False, smoke: bool = False, device: str = "cpu", full_size: bool = False,
         only: list[str] | None = None, cache: Path | None = None, echo: Any = print) -> Report:
-    """Run the benchmarks; ``only`` restricts to sections (train, swap, batch, queue, sizes, gpu)."""
+    """Run the benchmarks; ``only`` restricts to sections (train, swap, batch, queue, bot, sizes, gpu)."""
     _quiet()
     dev = resolve_device(device)
     if full_size and dev.type != "cuda":
         raise BenchError("--full-size needs --device cuda (one SD 1.5 UNet step takes ~15 s on a CPU)")
     import torch
 
-    from benchmarks import batch, fullsize, queue, sizes, swap, train
+    from benchmarks import batch, bot_generate, fullsize, queue, sizes, swap, train
     from benchmarks.common import load_tiny
     from training.compose import Composer
 
     profile = PROFILES["full-size" if full_size else "smoke" if smoke else "quick" if quick else "default"]
     cache = cache or default_cache()
     report = Report()
-    sections = set(only or ["sizes", "train", "swap", "batch", "queue", "gpu"])
+    sections = set(only or ["sizes", "train", "swap", "batch", "queue", "bot", "gpu"])
     t_all = time.perf_counter()
     header = [machine_line(dev), f"profile: {profile.name}; model: "
               + ("SD 1.5 architecture, random weights, fp16" if full_size else "tiny SD-1.5-shaped (random, fp32)")]
@@ -160,6 +162,7 @@ def run(settings: Any, *, quick: bool = False, smoke: bool = False, device: str 
                                     steps=p.queue_steps, repeats=p.queue_repeats,
                                     gens_during_training=p.gens_during_training, slice_seconds=p.slice_seconds,
                                     train_resolution=p.wait_train_resolution))
+    step("bot", lambda: bot_generate.run(report, settings=settings, repeats=p.bot_repeats, redis_ok=queue.redis_ok))
     if full_size:
         step("gpu", lambda: fullsize.run(report, pipe=pipe, composer=composer, device=dev, repeats=p.full_repeats,
                                          train_steps=p.train_steps_full))

@@ -7,19 +7,27 @@ re-enqueues jobs Redis lost (start-up reconcile) and syncs the command tree.
 
 from __future__ import annotations
 
-import importlib
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import discord
+from arq import create_pool
+from arq.connections import RedisSettings
 from discord.ext import commands
+from redis.asyncio import Redis
 
-from bot.services import Services
+from bot import buttons, errors, events, reconcile
+from bot.services import PhotoChecker, Services
 from kitbooth.settings import Settings
+from storage import LocalArtifactStore
+from storage.database import Database
 
 log = logging.getLogger(__name__)
 
-# Extensions loaded at start-up, in order. Each module defines ``async def setup(bot)``.
+# Extensions loaded at start-up, in order, by name (``load_extension``): nothing imports a cog module.
+# Each module defines ``async def setup(bot)``.
 COGS: list[str] = [
     "bot.cogs.train",
     "bot.cogs.generate",
@@ -46,8 +54,10 @@ class KitBoothBot(commands.Bot):
         cogs: list[str] | None = None,
         run_consumer: bool = True,
         run_reconcile: bool = True,
-        extras: dict[str, Any] | None = None,
+        photo_checker: PhotoChecker | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``photo_checker`` and ``clock`` are the test seams documented on ``Services``."""
         intents = discord.Intents.default()  # slash commands need no privileged intents
         # Replies echo user text (prompts, names, file names): nothing the bot sends pings @everyone, @here or a
         # role, and users only where a message opts in (e.g. the result delivered to its owner).
@@ -59,18 +69,11 @@ class KitBoothBot(commands.Bot):
         self.cog_modules = list(COGS if cogs is None else cogs)
         self.run_consumer = run_consumer
         self.run_reconcile = run_reconcile
-        self._extras = dict(extras or {})
-        self.consumer = None  # bot.events.EventConsumer once started
+        self._seams = {"photo_checker": photo_checker, "clock": clock}
+        self.consumer: events.EventConsumer | None = None  # once started
 
     # --- lifecycle -----------------------------------------------------------------------------------
     async def _open_services(self) -> Services:
-        from arq import create_pool
-        from arq.connections import RedisSettings
-        from redis.asyncio import Redis
-
-        from storage import LocalArtifactStore
-        from storage.database import Database
-
         s = self.settings
         db = self._injected["db"]
         if db is None:
@@ -85,11 +88,9 @@ class KitBoothBot(commands.Bot):
         if arq is None:
             arq = await create_pool(RedisSettings.from_dsn(s.redis_url), default_queue_name=s.queue_name)
             self._owned.append(arq)
-        return Services(settings=s, db=db, store=store, redis=redis, arq=arq, extras=self._extras)
+        return Services(settings=s, db=db, store=store, redis=redis, arq=arq, **self._seams)
 
     async def setup_hook(self) -> None:
-        from bot import buttons, errors, events, reconcile
-
         if getattr(self, "services", None) is None:
             self.services = await self._open_services()
         errors.install(self)
@@ -134,9 +135,3 @@ def create_bot(settings: Settings, **kwargs: Any) -> KitBoothBot:
     """Build the bot (keyword arguments as ``KitBoothBot``). Anything not injected is opened from ``settings`` in
     ``setup_hook``."""
     return KitBoothBot(settings, **kwargs)
-
-
-def import_check() -> None:
-    """Import every cog module (used by ``kitbooth doctor``)."""
-    for name in COGS:
-        importlib.import_module(name)

@@ -1,8 +1,10 @@
 """Persistent result buttons: U1-U4 (upscale), reroll, vary, delete. Torch-free.
 
-Every button is a ``discord.ui.DynamicItem`` matching ``contract.BUTTON_ID_TEMPLATE``; its custom_id carries
+Whoever posts a result (the worker, or ``bot.delivery``) draws its buttons from ``kitbooth.render.result_buttons``;
+here every button is a ``discord.ui.DynamicItem`` matching ``contract.BUTTON_ID_TEMPLATE``: its custom_id carries
 the job id, the image index and the owner, so buttons on old messages keep working after a restart. Only the
-owner may use them; anyone else gets an ephemeral refusal.
+owner may use them; anyone else gets an ephemeral refusal. Reroll and vary build their request with
+``bot.generate_request``, exactly as ``/generate`` does.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ import asyncio
 import contextlib
 import logging
 import re
-import secrets
 from typing import TYPE_CHECKING, Any
 
 import discord
 
 from bot import errors, jobs, quotas
+from bot.generate_request import describe, enqueue_generate, request_from_payload, require_own_face
 from gpu_worker import contract
-from kitbooth.errors import NotAllowed, NotFound, UserFacingError
+from kitbooth.errors import NotAllowed, NotFound
 from storage import keys
 
 if TYPE_CHECKING:
@@ -65,16 +67,6 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button], template=re.compil
             await errors.handle_interaction_error(interaction, exc, where=f"button {self.bid.action}")
 
 
-def result_view(job_id: int, owner_id: int, count: int) -> discord.ui.View:
-    """The buttons under a result (the bot's own delivery; the worker renders the same custom_ids)."""
-    view = discord.ui.View(timeout=None)
-    for i in range(count):
-        view.add_item(ResultButton(contract.ButtonId("upscale", job_id, i, owner_id), row=0))
-    for action in ("reroll", "vary", "delete"):
-        view.add_item(ResultButton(contract.ButtonId(action, job_id, 0, owner_id), row=1))  # type: ignore[arg-type]
-    return view
-
-
 # --- actions -------------------------------------------------------------------------------------------
 async def _own_job(services: Services, interaction: discord.Interaction, bid: contract.ButtonId) -> Job:
     job = await services.db.get_job(bid.job_id)
@@ -119,20 +111,12 @@ async def do_upscale(services: Services, interaction: discord.Interaction, bid: 
         services, kind="upscale", user_id=interaction.user.id, build_payload=build, guild_id=interaction.guild_id,
         channel_id=interaction.channel_id, interaction_id=interaction.id, concept_id=job.concept_id,
     )
-    queue = await jobs.queue_position(services, new.id)
+    queue = await jobs.queue_position(services, new)
     await interaction.followup.send(f"🔍 Upscaling image {bid.index + 1} — {jobs.format_queue(queue)} · job {new.id}")
 
 
 async def _regenerate(services: Services, interaction: discord.Interaction, bid: contract.ButtonId, *,
                       vary: bool) -> None:
-    from bot.cogs.generate import (
-        CatalogueChoice,
-        GenerateRequest,
-        describe,
-        enqueue_generate,
-        require_own_face,
-    )
-
     job = await _own_job(services, interaction, bid)
     if job.kind not in ("generate", "vary", "reroll") or not job.payload:
         raise NotFound("That result can't be regenerated.")
@@ -141,10 +125,7 @@ async def _regenerate(services: Services, interaction: discord.Interaction, bid:
     face = await require_own_face(services, interaction.user.id)  # always the clicker's own, current face
     await quotas.check_image_request(services, interaction.user.id, interaction.guild_id, old.count)
     await interaction.response.defer(thinking=True)
-    kit = CatalogueChoice("", old.kit_words or "", old.kit) if (old.kit or old.kit_words) else None
-    style = CatalogueChoice("", old.style_words or "", old.style) if (old.style or old.style_words) else None
-    req = GenerateRequest(prompt=old.prompt, count=old.count, seed=secrets.randbelow(2**31), width=old.width,
-                          height=old.height, kit=kit, style=style, allow_nsfw=old.allow_nsfw)
+    req = request_from_payload(old)
     new, queue = await enqueue_generate(services, interaction, req, face, kind="vary" if vary else "reroll",
                                         variation_of=source)
     what = f"Variations of image {bid.index + 1}" if vary else "Reroll"
@@ -182,4 +163,4 @@ def install(bot: discord.Client) -> None:
     bot.add_dynamic_items(ResultButton)  # type: ignore[attr-defined]
 
 
-__all__ = ["ResultButton", "install", "result_view", "UserFacingError"]
+__all__ = ["ResultButton", "install"]

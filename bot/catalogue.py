@@ -8,11 +8,11 @@ entries an admin removes are never seeded again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import sqlite3
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -21,8 +21,11 @@ from typing import TYPE_CHECKING, Literal
 import discord
 from discord import app_commands
 
+from bot import cancel
 from gpu_worker import contract
+from kitbooth import limits
 from kitbooth.errors import Busy, InvalidInput, NotAllowed, NotFound
+from storage import keys
 from storage.database import Concept, Database, Kit, utcnow
 from training.prompts import find_reserved
 
@@ -33,8 +36,8 @@ log = logging.getLogger(__name__)
 
 Kind = Literal["kit", "style"]
 KINDS: tuple[Kind, ...] = ("kit", "style")
-MAX_NAME = 40
-MAX_DESCRIPTION = 300
+MAX_NAME = limits.NAME_CHARS
+MAX_DESCRIPTION = limits.DESCRIPTION_CHARS
 MAX_ENTRIES = 500  # per guild and kind
 _NAME = re.compile(r"^[\w][\w .'&()+/-]*$", re.UNICODE)
 
@@ -115,7 +118,7 @@ def validate_description(text: str, kind: Kind = "kit") -> str:
         raise InvalidInput(f"Describe the {kind} in a few words, e.g. "
                            f"{'`white shirt with a red collar, navy shorts`' if kind == 'kit' else '`oil painting, visible brush strokes`'}.")
     if len(text) > MAX_DESCRIPTION:
-        raise InvalidInput(f"Keep the description under {MAX_DESCRIPTION} characters.")
+        raise InvalidInput(f"Keep the description to {MAX_DESCRIPTION} characters.")
     if find_reserved(text) or "@" in text:
         raise InvalidInput("Descriptions are plain words: no `<...>` tokens, `<|...|>` markers or mentions.")
     return text
@@ -206,44 +209,22 @@ async def remove_entry(services: Services, guild_id: int, name: str, kind: Kind)
     if kit.concept_id is not None:
         concept = await db.get_concept(kit.concept_id)
         if concept is not None and concept.guild_id == guild_id and concept.kind == kind:
-            await cancel_concept_jobs(services, concept)
+            await cancel.cancel_concept(services, concept.id)
             await delete_guild_concept(services, concept)
     if kit.preview_key:
-        store.delete(kit.preview_key)
+        await asyncio.to_thread(store.delete, kit.preview_key)
     return kit
 
 
-async def cancel_concept_jobs(services: Services, concept: Concept) -> int:
-    """Cancel active jobs that train ``concept``: per-job cancel flag + remove queued arq entries."""
-    from arq.constants import job_key_prefix
-
-    n = 0
-    for job in await services.db.list_jobs(statuses=("queued", "running")):
-        if job.concept_id != concept.id:
-            continue
-        await services.arq.set(contract.cancel_job_key(job.id), str(time.time()), ex=contract.CANCEL_TTL_S)
-        for raw in await services.arq.zrange(services.settings.queue_name, 0, -1):
-            member = raw.decode() if isinstance(raw, bytes) else str(raw)
-            parsed = contract.parse_arq_job_id(member)
-            if parsed and parsed[0] == job.id:
-                await services.arq.zrem(services.settings.queue_name, member)
-                await services.arq.delete(job_key_prefix + member)
-        await services.db.update_job(job.id, status="cancelled", error="entry removed")
-        n += 1
-    return n
-
-
 async def delete_guild_concept(services: Services, concept: Concept) -> None:
-    from storage import keys
-
     store = services.store
     if concept.guild_id is not None:
         for prefix in (keys.guild_photos_prefix(concept.guild_id, concept.id),
                        keys.guild_checkpoint_prefix(concept.guild_id, concept.id)):
-            store.delete_prefix(prefix)
-        store.delete(keys.guild_concept_key(concept.guild_id, concept.id))
+            await asyncio.to_thread(store.delete_prefix, prefix)
+        await asyncio.to_thread(store.delete, keys.guild_concept_key(concept.guild_id, concept.id))
     if concept.artifact_key and concept.artifact_key.startswith("guilds/"):
-        store.delete(concept.artifact_key)
+        await asyncio.to_thread(store.delete, concept.artifact_key)
     await services.db.delete_concept(concept.id)
 
 

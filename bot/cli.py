@@ -7,6 +7,7 @@ processes and forwards SIGINT/SIGTERM to them.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
@@ -15,8 +16,12 @@ import sys
 import time
 from pathlib import Path
 
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from kitbooth.errors import UserFacingError
 from kitbooth.settings import redacted_dsn, redis_unreachable
+from storage import LocalArtifactStore
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +54,9 @@ def _bot(args: argparse.Namespace, settings) -> int:
         return 2
     if args.dev_guild:
         settings = settings.model_copy(update={"dev_guild_id": args.dev_guild})
+    # discord.py and the bot: the bot's install only — ``kitbooth`` loads this module in the worker's too.
     import aiohttp
     import discord
-    from redis.exceptions import ConnectionError as RedisConnectionError
 
     from bot.app import create_bot
 
@@ -71,8 +76,7 @@ def _bot(args: argparse.Namespace, settings) -> int:
 
 # --- kitbooth up -------------------------------------------------------------------------------------
 def _migrate(settings) -> int:
-    import asyncio
-
+    # aiosqlite: the bot's install only (``kitbooth`` loads this module in the worker's install too).
     from storage.db import connect
 
     async def run() -> int:
@@ -143,8 +147,6 @@ def _up(args: argparse.Namespace, settings) -> int:
 
 # --- kitbooth doctor ---------------------------------------------------------------------------------
 def _check_redis(settings) -> tuple[bool, str]:
-    import redis
-
     r = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3, socket_timeout=3)
     try:
         r.ping()
@@ -163,8 +165,6 @@ def _check_db(settings) -> tuple[bool, str]:
 
 
 def _check_store(settings) -> tuple[bool, str]:
-    from storage import LocalArtifactStore
-
     try:
         store = LocalArtifactStore(settings.artifacts_path)
         key = f"doctor/check-{os.getpid()}.txt"

@@ -1,24 +1,34 @@
-"""Messages the bot posts itself when the worker could not (``event.posted`` is False). Torch-free."""
+"""Messages the bot posts itself when the worker could not (``event.posted`` is False). Torch-free.
+
+Every message comes from the one renderer (``kitbooth.render``) and is sent with
+``kitbooth.render_discord.send_kwargs``, so a member gets the same content, files and buttons whoever posts it.
+Images are the stored PNG bytes themselves (read from the store off the event loop), so they keep the A1111
+``parameters`` text and the AI-generated mark the worker wrote. Only keys under the event owner's
+``users/<id>/`` are ever read (``storage.keys.own_keys``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from typing import TYPE_CHECKING, Any
 
 import discord
 
-from storage import ArtifactNotFound
+from kitbooth import render
+from kitbooth.render_discord import send_kwargs
+from storage import ArtifactNotFound, keys
 
 if TYPE_CHECKING:
     from bot.services import Services
     from gpu_worker.contract import Event
+    from storage import ArtifactStore
     from storage.database import Job
 
 log = logging.getLogger(__name__)
 
-MAX_FILES = 4
+MAX_FILES = 4  # images of one result (the worker posts at most as many)
+IMAGE_KINDS = ("generate", "vary", "reroll")
 
 
 async def resolve_channel(bot: discord.Client, channel_id: int | None) -> Any:
@@ -33,65 +43,75 @@ async def resolve_channel(bot: discord.Client, channel_id: int | None) -> Any:
     return channel
 
 
-def _mention(user_id: int) -> discord.AllowedMentions:
-    return discord.AllowedMentions(users=[discord.Object(id=user_id)], roles=False, everyone=False)
-
-
-async def _files(services: Services, keys: list[str], user_id: int) -> list[discord.File]:
-    from bot.events import _own_keys
-
+def _read_all(store: ArtifactStore, wanted: list[str]) -> list[tuple[str, bytes]]:
+    """(key, bytes) of every key still in the store — runs in a thread (the store is blocking I/O)."""
     out = []
-    for i, key in enumerate(_own_keys(keys, user_id)[:MAX_FILES]):
+    for key in wanted:
         try:
-            data = await asyncio.to_thread(services.store.get_bytes, key)
+            out.append((key, store.get_bytes(key)))
         except ArtifactNotFound:
-            log.warning("delivery: output %s is missing from the store", key)
-            continue
-        ext = key.rsplit(".", 1)[-1] if "." in key else "png"
-        out.append(discord.File(io.BytesIO(data), filename=f"kitbooth-{i + 1}.{ext}"))
+            log.warning("delivery: %s is missing from the store", key)
     return out
 
 
-async def deliver(bot: discord.Client, services: Services, event: Event, job: Job | None) -> bool:
-    """Post the user-visible message for ``event``; True when something was sent."""
-    from bot.buttons import result_view
+async def _read(services: Services, raw: Any, user_id: int, limit: int = MAX_FILES) -> list[tuple[str, bytes]]:
+    return await asyncio.to_thread(_read_all, services.store, keys.own_keys(raw, user_id)[:limit])
 
+
+def _payload(job: Job | None) -> dict[str, Any]:
+    return job.payload if job is not None and isinstance(job.payload, dict) else {}
+
+
+async def render_event(services: Services, event: Event, job: Job | None) -> render.Outgoing | None:
+    """The message for ``event`` (None when it has none), exactly as the worker renders it."""
+    data, payload = event.data, _payload(job)
+    if event.type == "job.done" and event.kind in IMAGE_KINDS:
+        pngs = [png for _key, png in await _read(services, data.get("output_keys"), event.user_id)]
+        return render.generate_result(
+            job_id=event.job_id, user_id=event.user_id, prompt=str(data.get("prompt") or payload.get("prompt") or ""),
+            seeds=[int(x) for x in data.get("seeds") or []], pngs=pngs, nsfw=data.get("nsfw"),
+            seconds=data.get("seconds"),
+        )
+    if event.type == "job.done" and event.kind == "upscale":
+        found = await _read(services, data.get("output_keys"), event.user_id, limit=1)
+        return render.upscale_result(job_id=event.job_id, png=found[0][1]) if found else None
+    if event.type == "job.done" and event.kind == "export":
+        prefix = str(payload.get("output_prefix") or "")
+        found = await _read(services, data.get("file_keys"), event.user_id, limit=render.MAX_FILES)
+        files = [(key[len(prefix):] if prefix and key.startswith(prefix) else key.rsplit("/", 1)[-1], png)
+                 for key, png in found]
+        return render.export_result(formats=list(payload.get("formats") or ["a1111", "kohya"]),
+                                    files=[(name.replace("/", "-"), body) for name, body in files])
+    if event.type == "concept.ready":
+        wanted = keys.own_keys(data.get("sample_keys"), event.user_id)
+        if job is not None and job.guild_id is not None and payload.get("kind") in ("kit", "style"):
+            wanted += keys.prefixed_keys(data.get("sample_keys"), keys.guild_prefix(job.guild_id))
+        found = await asyncio.to_thread(_read_all, services.store, wanted[:MAX_FILES])
+        samples = [png for _key, png in found]
+        return render.concept_ready_result(
+            kind=str(payload.get("kind") or "face"), name=str(payload.get("name") or ""),
+            seconds=data.get("seconds"), steps=data.get("steps"), size_bytes=data.get("size_bytes"), samples=samples,
+        )
+    if event.type == "job.failed":
+        return render.failure_result(str(data.get("reason") or "The job failed. Please try again."))
+    if event.type == "job.cancelled":
+        return render.cancelled_result()
+    return None
+
+
+async def deliver(bot: discord.Client, services: Services, event: Event, job: Job | None) -> bool:
+    """Post the user-visible message for ``event``; True when something was sent. Exports go by DM."""
+    msg = await render_event(services, event, job)
+    if msg is None:
+        return False
+    if event.type == "job.done" and event.kind == "export":
+        user = bot.get_user(event.user_id) or await bot.fetch_user(event.user_id)
+        await user.send(**send_kwargs(msg))
+        return True
     channel_id = (event.target.channel_id if event.target else None) or (job.channel_id if job else None)
     channel = await resolve_channel(bot, channel_id)
     if channel is None:
         log.warning("job %s: no channel to deliver %s to", event.job_id, event.type)
         return False
-    who = f"<@{event.user_id}>"
-    kind = event.kind
-    if event.type == "job.done" and kind in ("generate", "vary", "reroll"):
-        keys = list(event.data.get("output_keys") or [])
-        files = await _files(services, keys, event.user_id)
-        prompt = event.data.get("prompt") or (job.payload.get("prompt") if job else "") or ""
-        seeds = event.data.get("seeds") or []
-        seed_text = f" · seed {seeds[0]}" if seeds else ""
-        await channel.send(
-            f"{who} **{discord.utils.escape_markdown(prompt)[:300]}**{seed_text}", files=files,
-            view=result_view(event.job_id, event.user_id, len(files)), allowed_mentions=_mention(event.user_id),
-        )
-        return True
-    if event.type == "job.done" and kind == "upscale":
-        keys = list(event.data.get("output_keys") or [])
-        files = await _files(services, keys, event.user_id)
-        await channel.send(f"{who} here's your upscaled image.", files=files, allowed_mentions=_mention(event.user_id))
-        return True
-    if event.type == "job.done" and kind == "export":
-        keys = list(event.data.get("file_keys") or [])
-        user = bot.get_user(event.user_id) or await bot.fetch_user(event.user_id)
-        await user.send("Your KitBooth concept, exported:", files=await _files(services, keys, event.user_id))
-        return True
-    if event.type == "concept.ready":
-        concept_kind = job.payload.get("kind") if job is not None else None
-        what = "your face is" if concept_kind == "face" else f"the {concept_kind or 'new concept'} is"
-        await channel.send(f"✅ {who} {what} ready — try `/generate prompt:scoring the winner in the final`.",
-                           allowed_mentions=_mention(event.user_id))
-        return True
-    if event.type == "job.failed":
-        reason = str(event.data.get("reason") or "the job failed")
-        await channel.send(f"⚠️ {who} {reason[:400]}", allowed_mentions=_mention(event.user_id))
-        return True
-    return False
+    await channel.send(**send_kwargs(msg, mention=event.user_id))
+    return True

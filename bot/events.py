@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 from discord.ext import tasks
 from redis.exceptions import ResponseError
 
-from bot import delivery
+from bot import delivery, reconcile
+from gpu_worker import contract
 from gpu_worker.contract import Event, PayloadError
 from storage import keys
+from storage.keys import own_keys
 
 if TYPE_CHECKING:
     from bot.services import Services
@@ -82,8 +84,6 @@ class EventConsumer:
 
     async def sweep(self) -> int:
         """Jobs arq gave up on without a worker event become failures the user hears about."""
-        from bot import reconcile
-
         async with self._lock:
             return await reconcile.fail_abandoned(self.services, self.handle)
 
@@ -184,6 +184,7 @@ class EventConsumer:
             await self._orphan(event)
             return
         t = event.type
+        await self._note_arq_id(event, job)
         if t == "job.started":
             if job.status == "queued":
                 await db.update_job(job.id, status="running", attempts=job.attempts + 1)
@@ -200,10 +201,24 @@ class EventConsumer:
         elif t == "concept.ready":
             await self._concept_ready(event, job)
         job = await db.get_job(event.job_id)
-        if not event.posted and t in ("job.done", "job.failed", "concept.ready"):
+        if not event.posted and t in ("job.done", "job.failed", "job.cancelled", "concept.ready"):
             if t == "job.done" and job is not None and job.kind == "train":
                 return  # concept.ready carries the user-visible message of a training
             await delivery.deliver(self.bot, self.services, event, job)
+
+    async def _note_arq_id(self, event: Event, job: Any) -> None:
+        """Keep the job's newest arq attempt on its row (a training's slices: ``arq_id`` is the slice running,
+        ``next_arq_id`` the one it just enqueued), so cancelling and queue positions need no scan."""
+        newest = job.arq_id
+        for cand in (event.data.get("arq_id"), event.data.get("next_arq_id")):
+            parsed = contract.parse_arq_job_id(cand) if isinstance(cand, str) else None
+            if parsed is None or parsed[0] != job.id:
+                continue
+            current = contract.parse_arq_job_id(newest or "")
+            if current is None or (parsed[1] or 0) > (current[1] or 0):
+                newest = cand
+        if newest != job.arq_id:
+            await self.services.db.update_job(job.id, arq_id=newest)
 
     async def _job_done(self, event: Event, job: Any) -> None:
         db = self.services.db
@@ -214,7 +229,7 @@ class EventConsumer:
             changes["message_id"] = int(event.data["message_id"])
         if changes:
             await db.update_job(job.id, **changes)
-        keys_ = _own_keys(event.data.get("output_keys"), job.user_id)
+        keys_ = own_keys(event.data.get("output_keys"), job.user_id)
         if keys_:
             have = {o.artifact_key for o in await db.list_outputs(job_id=job.id, limit=1000)}
             seeds = list(event.data.get("seeds") or [])
@@ -283,17 +298,10 @@ class EventConsumer:
     async def _orphan(self, event: Event) -> None:
         """An event for a job the DB no longer has (the user ran /forget): leave no trace of its files."""
         store = self.services.store
-        gone = _own_keys(event.data.get("output_keys"), event.user_id) + _own_keys(event.data.get("file_keys"),
+        gone = own_keys(event.data.get("output_keys"), event.user_id) + own_keys(event.data.get("file_keys"),
                                                                                   event.user_id)
         if event.type == "concept.ready":
-            gone += _own_keys([event.data.get("artifact_key")], event.user_id)
+            gone += own_keys([event.data.get("artifact_key")], event.user_id)
         for key in gone:
             await asyncio.to_thread(store.delete, key)
         log.info("events: %s for unknown job %s ignored (files removed)", event.type, event.job_id)
-
-
-def _own_keys(raw: Any, user_id: int) -> list[str]:
-    """The keys of an event that lie under ``users/<user_id>/``: an event never attaches, delivers or deletes
-    another user's files."""
-    prefix = keys.user_prefix(user_id)
-    return [k for k in (raw or []) if isinstance(k, str) and k.startswith(prefix) and ".." not in k.split("/")]

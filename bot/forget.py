@@ -2,24 +2,23 @@
 
 ``forget_user`` runs in this order, so nothing is left half-deleted that a later step could resurrect:
 
-1. jobs: the contract's user cancel flag is set (running jobs stop between steps) and queued arq jobs are removed
-   (``bot.jobs.cancel_user_jobs``);
+1. jobs: cancelled through ``bot.cancel`` (queued arq jobs removed, running ones aborted, the contract's user
+   cancel flag set so running jobs stop between steps);
 2. the server catalogue entries the user created stay with their server, without the creator's id;
 3. the bot's own messages that carried the user's results are deleted from Discord (best effort);
 4. artifacts: everything under ``users/<id>/`` (photos, concepts, checkpoints, outputs, exports);
 5. rows: the user row and, by cascade, their concepts, jobs and outputs;
-6. Redis: arq job/result/retry keys of their jobs, their entries of the events stream (acked in every consumer
-   group first), any other ``kitbooth:…:<id>…`` key, and the cancel flag itself unless a job of theirs is still
-   running (then it expires with the contract's TTL and carries nothing but a time);
-7. in-process caches (rate-limit clock, "training starting" guard).
+6. Redis, from the ids the rows hold (no scan of the keyspace): arq job/result/retry keys of their jobs (every
+   slice of a training), their entries of the events stream (acked in every consumer group first), and the cancel
+   flags unless a job of theirs is still running (then they expire with the contract's TTL and carry nothing but
+   a time);
+7. in-process state (rate-limit clock, "training starting" guard).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
-import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 
-from bot import jobs
+from bot import cancel, jobs
 from gpu_worker import contract
 from kitbooth.errors import NotFound
 from storage import keys
@@ -84,26 +83,22 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-async def _arq_keys_of(services: Services, job_ids: set[int]) -> list[str]:
-    """arq keys (queued, retry, result) that belong to these DB jobs, train slices included."""
-    r = services.arq
-    found = []
-    for prefix in (job_key_prefix, retry_key_prefix, result_key_prefix):
-        async for key in r.scan_iter(match=prefix + "kb-*", count=500):
-            k = _s(key)
-            parsed = contract.parse_arq_job_id(k[len(prefix):])
-            if parsed and parsed[0] in job_ids:
-                found.append(k)
-    return found
+def _arq_keys_of(user_jobs: list[Job]) -> list[str]:
+    """arq's keys (job, retry, result) of these DB jobs, by name from the ids the rows hold (train slices too)."""
+    return [prefix + arq_id for job in user_jobs for arq_id in jobs.arq_ids(job)
+            for prefix in (job_key_prefix, retry_key_prefix, result_key_prefix)]
 
 
-async def _running_job_ids(services: Services, job_ids: set[int]) -> set[int]:
-    running = set()
-    async for key in services.arq.scan_iter(match=in_progress_key_prefix + "kb-*", count=500):
-        parsed = contract.parse_arq_job_id(_s(key)[len(in_progress_key_prefix):])
-        if parsed and parsed[0] in job_ids:
-            running.add(parsed[0])
-    return running
+async def _running_job_ids(services: Services, user_jobs: list[Job]) -> set[int]:
+    """The DB jobs a worker is running now (arq's in-progress marker of any of their arq ids)."""
+    pairs = [(job.id, arq_id) for job in user_jobs for arq_id in jobs.arq_ids(job)]
+    if not pairs:
+        return set()
+    async with services.arq.pipeline(transaction=False) as pipe:
+        for _db_id, arq_id in pairs:
+            pipe.exists(in_progress_key_prefix + arq_id)
+        flags = await pipe.execute()
+    return {db_id for (db_id, _), running in zip(pairs, flags, strict=True) if running}
 
 
 async def _purge_events(services: Services, user_id: int) -> int:
@@ -136,20 +131,6 @@ async def _purge_events(services: Services, user_id: int) -> int:
     for g in groups:
         await r.xack(stream, g, *mine)
     return int(await r.xdel(stream, *mine))
-
-
-def _mentions_user(key: str, user_id: int) -> bool:
-    return str(user_id) in key.split(":")
-
-
-async def _purge_user_keys(services: Services, user_id: int, *, keep: set[str]) -> int:
-    """Any other ``kitbooth:*`` key naming the user as a ``:``-separated segment (caches, rate limits)."""
-    r, n = services.redis, 0
-    async for key in r.scan_iter(match=f"kitbooth:*{int(user_id)}*", count=500):
-        k = _s(key)
-        if k not in keep and _mentions_user(k, user_id):
-            n += int(await r.delete(k))
-    return n
 
 
 # --- forget ---------------------------------------------------------------------------------------------
@@ -185,10 +166,9 @@ async def forget_user(services: Services, user_id: int, *, client: discord.Clien
 
     # 1. Stop their work first, so nothing new is written while we delete.
     user_jobs = await db.list_jobs(user_id=user_id)
-    job_ids = {j.id for j in user_jobs}
     active = {j.id for j in user_jobs if j.status in ("queued", "running")}
-    removed = set(await jobs.cancel_user_jobs(services, user_id))
-    report.cancelled_jobs = len(active | removed)
+    cancelled = await cancel.cancel_user(services, user_id, reason="forgotten")
+    report.cancelled_jobs = len(active | set(cancelled.removed) | set(cancelled.aborting) | set(cancelled.flagged))
 
     # 2. Server catalogue entries they created stay with the server.
     report.detached = await db.detach_user_catalogue(user_id)
@@ -205,24 +185,19 @@ async def forget_user(services: Services, user_id: int, *, client: discord.Clien
     # 5. Rows (concepts, jobs and outputs go by cascade).
     report.rows = await db.delete_user(user_id)
 
-    # 6. Redis.
-    running = await _running_job_ids(services, job_ids)
+    # 6. Redis, by name: arq's keys of their jobs, their events, the cancel flags (kept while a job still runs).
+    running = await _running_job_ids(services, user_jobs)
     report.still_running = len(running)
-    stale = await _arq_keys_of(services, job_ids)
+    stale = _arq_keys_of(user_jobs) + [contract.cancel_job_key(j.id) for j in user_jobs if j.id not in running]
+    if not running:
+        stale.append(contract.cancel_user_key(user_id))
     if stale:
         report.redis_keys += int(await services.arq.delete(*stale))
     report.events = await _purge_events(services, user_id)
-    flag = contract.cancel_user_key(user_id)
-    report.redis_keys += await _purge_user_keys(services, user_id, keep={flag})
-    if not running:
-        await services.arq.delete(flag)
 
-    # 7. In-process caches.
-    extras = services.extras
-    extras.get("last_request_at", {}).pop(user_id, None)
-    starting = extras.get("training_starting")
-    if isinstance(starting, set):
-        starting.discard(user_id)
+    # 7. In-process state.
+    services.last_request_at.pop(user_id, None)
+    services.training_starting.discard(user_id)
 
     # Anything a running job wrote between steps 4 and 6 (it stops at its next step).
     late = await asyncio.to_thread(store.list, prefix)
@@ -262,35 +237,3 @@ async def start_export(services: Services, interaction: discord.Interaction) -> 
         channel_id=dm_channel_id, interaction_id=interaction.id, concept_id=face.id,
     )
     return job
-
-
-EXPORT_MESSAGE = ("📦 Your KitBooth face concept, ready for other tools:\n"
-                  "• `*-a1111*` — AUTOMATIC1111 / ComfyUI (embedding + LoRA)\n"
-                  "• `*-kohya*` — kohya-format LoRA\n"
-                  "Keep them private: they can draw your face. `/forget` deletes KitBooth's copies.")
-
-
-async def deliver_export(bot: Any, event: contract.Event) -> bool:
-    """For B1's events consumer: on ``job.done`` of an export job that the worker could not post itself, DM the
-    files to their owner. Returns True when the event was an export and is handled (delivered or posted)."""
-    if event.type != "job.done" or event.kind != "export":
-        return False
-    if event.posted:
-        return True
-    services: Services = bot.services
-    file_keys = [k for k in event.data.get("file_keys", []) if k.startswith(keys.user_prefix(event.user_id))]
-    files = []
-    for key in file_keys[:10]:
-        try:
-            data = await asyncio.to_thread(services.store.get_bytes, key)
-        except Exception:
-            log.warning("export job %s: file %s is gone", event.job_id, key)
-            continue
-        files.append(discord.File(io.BytesIO(data), filename=posixpath.basename(key)))
-    if not files:
-        log.warning("export job %s: nothing to deliver", event.job_id)
-        return True
-    user = bot.get_user(event.user_id) or await bot.fetch_user(event.user_id)
-    await user.send(EXPORT_MESSAGE, files=files)
-    log.info("export job %s: %d file(s) sent by DM to user %s", event.job_id, len(files), event.user_id)
-    return True

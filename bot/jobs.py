@@ -1,19 +1,23 @@
-"""Enqueueing through arq, queue positions, rough ETAs and cancellation. Torch-free.
+"""Enqueueing through arq, the arq ids of a DB job, queue positions and rough ETAs. Torch-free.
 
-The arq ``_job_id`` is always ``contract.arq_job_id(db_job_id)``: enqueueing the same DB job twice (a double
-click, a reconcile racing a live job) is refused by arq itself. The bot imports only ``gpu_worker.contract``.
+The arq ``_job_id`` is always ``contract.arq_job_id(db_job_id[, slice])``: enqueueing the same DB job twice (a
+double click, a reconcile racing a live job) is refused by arq itself. The row keeps the id of the job's newest
+arq attempt (``jobs.arq_id``; a training's latest slice, from the worker's events), so every question about a
+job — its queue position, its status, cancelling it (``bot.cancel``) — is asked of arq per id, never by
+scanning Redis. The bot imports only ``gpu_worker.contract`` of the worker.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.constants import result_key_prefix
+from arq.jobs import Job as ArqJob
+from arq.jobs import JobStatus
 
 from gpu_worker import contract
 from kitbooth.errors import UserFacingError
@@ -49,12 +53,33 @@ def target_from_interaction(interaction: discord.Interaction) -> contract.Discor
     )
 
 
+def first_arq_id(job: Job, payload: dict[str, Any] | None = None) -> str:
+    """The arq id the bot enqueues a DB job under (a training: its first slice, from the payload)."""
+    data = job.payload if payload is None else payload
+    if job_function(job.kind) == contract.TRAIN_JOB:
+        return contract.arq_job_id(job.id, int((data or {}).get("slice_index") or 0))
+    return contract.arq_job_id(job.id)
+
+
+def arq_ids(job: Job) -> list[str]:
+    """Every arq id the DB knows for ``job``, newest first: the latest recorded attempt, then the bot's own
+    enqueue. A training's slices run as ``kb-<id>-s<n>``; all slices up to the latest recorded one are listed
+    (so ``/forget`` can delete each one's keys by name)."""
+    ids = [job.arq_id] if job.arq_id else []
+    first = first_arq_id(job)
+    parsed = contract.parse_arq_job_id(job.arq_id or "")
+    if parsed is not None and parsed[1] is not None:
+        ids += [contract.arq_job_id(job.id, n) for n in range(parsed[1] - 1, -1, -1)]
+    if first not in ids:
+        ids.append(first)
+    return ids
+
+
 async def enqueue(services: Services, job: Job, payload: Any) -> bool:
-    """Enqueue ``payload`` for DB ``job`` (and store the payload on the row). False when arq already has it."""
+    """Enqueue ``payload`` for DB ``job``. False when arq already has it."""
     data = payload.to_dict() if hasattr(payload, "to_dict") else dict(payload)
     func = job_function(job.kind)
-    slice_index = data.get("slice_index") if func == contract.TRAIN_JOB else None
-    arq_id = contract.arq_job_id(job.id, slice_index)
+    arq_id = first_arq_id(job, data)
     queued = await services.arq.enqueue_job(func, data, _job_id=arq_id, _queue_name=services.settings.queue_name)
     if queued is None:
         log.info("job %s: arq already has %s (duplicate refused)", job.id, arq_id)
@@ -76,7 +101,8 @@ async def create_and_enqueue(
     job = await db.create_job(kind=kind, user_id=user_id, guild_id=guild_id, channel_id=channel_id,
                               interaction_id=interaction_id, concept_id=concept_id)
     payload = build_payload(job)
-    job = await db.update_job(job.id, payload=payload.to_dict())
+    data = payload.to_dict()
+    job = await db.update_job(job.id, payload=data, arq_id=first_arq_id(job, data))
     try:
         await enqueue(services, job, payload)
     except Exception as exc:
@@ -90,41 +116,32 @@ async def create_and_enqueue(
 @dataclass(frozen=True)
 class QueueInfo:
     position: int  # 1 = next to run; 0 = running or unknown
-    depth: int  # jobs waiting in the queue
+    depth: int  # jobs in the queue (arq keeps a running job in it until it ends)
     eta_seconds: float
 
 
-async def _queue_members(services: Services) -> list[str]:
-    raw = await services.arq.zrange(services.settings.queue_name, 0, -1)
-    return [m.decode() if isinstance(m, bytes) else str(m) for m in raw]
+async def queue_position(services: Services, job: Job | int) -> QueueInfo:
+    """Where a DB job stands in the arq queue, and a rough ETA until it is done.
 
-
-def _db_id(arq_id: str) -> int | None:
-    parsed = contract.parse_arq_job_id(arq_id)
-    return parsed[0] if parsed else None
-
-
-async def queue_position(services: Services, job_id: int) -> QueueInfo:
-    """Where DB job ``job_id`` stands in the arq queue, and a rough ETA until it is done."""
-    members = await _queue_members(services)
-    depth = len(members)
+    The queue is arq's sorted set (score = when a job may run): ZSCORE of the job's arq id, then ZCOUNT of the
+    lower scores — O(log n) whatever else Redis holds, never the whole queue.
+    """
+    row = await services.db.get_job(job) if isinstance(job, int) else job
+    r, queue = services.arq, services.settings.queue_name
+    ids = arq_ids(row) if row is not None else []
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.zcard(queue)
+        for arq_id in ids:
+            pipe.zscore(queue, arq_id)
+        depth, *scores = await pipe.execute()
+    score = next((sc for sc in scores if sc is not None), None)
     position = 0
-    for i, member in enumerate(members):
-        if _db_id(member) == job_id:
-            position = i + 1
-            break
+    if score is not None:
+        position = int(await r.zcount(queue, "-inf", f"({score!r}")) + 1
     ahead = (position - 1) if position else 0
-    job = await services.db.get_job(job_id)
-    own = TRAIN_TOTAL_SECONDS if job is not None and job.kind == "train" else ROUGH_SECONDS[contract.GENERATE_JOB]
-    busy = 1 if await _any_in_progress(services) else 0
-    eta = (ahead + busy) * ROUGH_SECONDS[contract.GENERATE_JOB] + own
-    return QueueInfo(position=position, depth=depth, eta_seconds=eta)
-
-
-async def _any_in_progress(services: Services) -> bool:
-    async for _ in services.arq.scan_iter(match=in_progress_key_prefix + "kb-*", count=100):
-        return True
-    return False
+    own = TRAIN_TOTAL_SECONDS if row is not None and row.kind == "train" else ROUGH_SECONDS[contract.GENERATE_JOB]
+    eta = ahead * ROUGH_SECONDS[contract.GENERATE_JOB] + own
+    return QueueInfo(position=position, depth=int(depth), eta_seconds=eta)
 
 
 def format_eta(seconds: float) -> str:
@@ -141,79 +158,43 @@ def format_queue(info: QueueInfo) -> str:
     return f"{where} (ETA {format_eta(info.eta_seconds)})"
 
 
-async def known_arq_job_ids(services: Services) -> set[int]:
-    """DB job ids that arq knows about: queued, in progress, retrying or with a stored result."""
-    known = {i for m in await _queue_members(services) if (i := _db_id(m)) is not None}
-    for prefix in (job_key_prefix, in_progress_key_prefix, result_key_prefix, retry_key_prefix):
-        async for key in services.arq.scan_iter(match=prefix + "kb-*", count=500):
-            k = key.decode() if isinstance(key, bytes) else key
-            i = _db_id(k[len(prefix):])
-            if i is not None:
-                known.add(i)
-    return known
+# --- arq's view of DB jobs (per id: arq's Job.status / result_info) ---------------------------------------
+def arq_job(services: Services, arq_id: str) -> ArqJob:
+    return ArqJob(arq_id, services.arq, _queue_name=services.settings.queue_name)
 
 
-async def arq_gave_up(services: Services, db_ids: Iterable[int]) -> set[int]:
-    """The jobs among ``db_ids`` that arq itself ended in failure (timed out, or retries used up after worker
-    crashes).
+async def known_to_arq(services: Services, job: Job) -> bool:
+    """True when arq has any attempt of ``job``: queued, deferred, in progress, or with a result."""
+    for arq_id in dict.fromkeys([arq_ids(job)[0], first_arq_id(job)]):  # newest recorded, the bot's own
+        if await arq_job(services, arq_id).status() != JobStatus.not_found:
+            return True
+    return False
+
+
+async def arq_gave_up(services: Services, active: Sequence[Job]) -> set[int]:
+    """The DB ids among ``active`` whose newest arq attempt ended in an arq-level failure (timed out, or retries
+    used up after worker crashes).
 
     The worker reports every failure it handles as a successful arq result with ``ok: False`` plus a
-    ``job.failed`` event; an arq-level failure has no event, so the bot must notice it. Only a job's newest
-    attempt counts (a training's latest slice), and only when nothing of the job is queued or running.
+    ``job.failed`` event; an arq-level failure has no event, so the bot must notice it. Only the newest attempt
+    the DB knows counts (a training's latest slice: the worker reports each slice it enqueues), and only once it
+    has a result — a queued or running attempt has none.
     """
-    from arq.jobs import deserialize_result
-
-    wanted = set(db_ids)
-    if not wanted:
+    newest = {job.id: arq_ids(job)[0] for job in active}
+    if not newest:
         return set()
-    r = services.arq
-    latest: dict[int, tuple[int, str]] = {}  # db id -> (slice, arq id) of its newest result
-    async for key in r.scan_iter(match=f"{result_key_prefix}kb-*", count=1000):
-        arq_id = (key.decode() if isinstance(key, bytes) else key)[len(result_key_prefix):]
-        parsed = contract.parse_arq_job_id(arq_id)
-        if parsed is not None and parsed[0] in wanted:
-            cand = (parsed[1] or 0, arq_id)
-            latest[parsed[0]] = max(latest.get(parsed[0], cand), cand)
-    for m in await _queue_members(services):
-        parsed = contract.parse_arq_job_id(m)
-        if parsed is not None and parsed[0] in latest and (parsed[1] or 0) >= latest[parsed[0]][0]:
-            del latest[parsed[0]]  # a later slice (or a retry) is still to run
+    async with services.arq.pipeline(transaction=False) as pipe:
+        for arq_id in newest.values():
+            pipe.exists(result_key_prefix + arq_id)
+        has_result = await pipe.execute()
     gave_up = set()
-    for db_id, (_slice, arq_id) in latest.items():
-        if await r.exists(in_progress_key_prefix + arq_id):
+    for (db_id, arq_id), present in zip(newest.items(), has_result, strict=True):
+        if not present:
             continue
-        raw = await r.get(result_key_prefix + arq_id)
         try:
-            if raw is not None and not deserialize_result(raw).success:
-                gave_up.add(db_id)
+            info = await arq_job(services, arq_id).result_info()
         except Exception:  # noqa: BLE001 - an unreadable result is not ours to judge
             continue
+        if info is not None and not info.success:
+            gave_up.add(db_id)
     return gave_up
-
-
-# --- cancellation ----------------------------------------------------------------------------------
-async def cancel_user_jobs(services: Services, user_id: int, job_ids: Iterable[int] | None = None) -> list[int]:
-    """Cancel the user's jobs: set the cancel flag the worker checks between steps (running jobs) and remove
-    their queued arq jobs (queue entry and job key). Queued rows are marked cancelled. Returns the DB ids
-    removed from the queue."""
-    r = services.arq
-    await r.set(contract.cancel_user_key(user_id), str(time.time()), ex=contract.CANCEL_TTL_S)
-    mine = {j.id for j in await services.db.list_jobs(user_id=user_id)}
-    if job_ids is not None:
-        mine &= set(job_ids)
-    removed: list[int] = []
-    for member in await _queue_members(services):
-        db_id = _db_id(member)
-        if db_id in mine:
-            async with r.pipeline(transaction=True) as pipe:
-                pipe.zrem(services.settings.queue_name, member)
-                pipe.delete(job_key_prefix + member)
-                await pipe.execute()
-            removed.append(db_id)
-    for db_id in sorted(set(removed)):
-        job = await services.db.get_job(db_id)
-        if job is not None and job.status == "queued":
-            await services.db.update_job(db_id, status="cancelled", error="cancelled")
-    if removed:
-        log.info("user %s: removed %d queued job(s) from the queue", user_id, len(set(removed)))
-    return sorted(set(removed))

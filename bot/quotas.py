@@ -2,13 +2,12 @@
 
 A user's daily quota (images per UTC day) is, in order: their own override (``users.daily_quota``), the
 guild's (``guild_settings.daily_quota``), the deployment default (``Settings.daily_quota``). Each request must
-also wait ``rate_limit_s`` after the previous one, and a user may have at most ``MAX_ACTIVE`` image jobs
+also wait ``Settings.rate_limit_s`` after the previous one, and a user may have at most ``MAX_ACTIVE`` image jobs
 queued or running at once.
 """
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,6 @@ from kitbooth.errors import QuotaExceeded
 if TYPE_CHECKING:
     from bot.services import Services
 
-DEFAULT_RATE_LIMIT_S = 3.0
 MAX_ACTIVE = 3
 IMAGE_KINDS = ("generate", "vary", "reroll", "upscale")
 
@@ -63,10 +61,9 @@ async def check_image_request(services: Services, user_id: int, guild_id: int | 
             raise QuotaExceeded(f"You've used all {quota} of today's images. The quota resets at 00:00 UTC "
                                 f"(in {_until_reset()}).")
         raise QuotaExceeded(f"Only {left} of today's {quota} images left — ask for count ≤ {left}.")
-    rate = float(services.extras.get("rate_limit_s", DEFAULT_RATE_LIMIT_S))
-    clock = services.extras.get("clock", time.monotonic)
-    last: dict[int, float] = services.extras.setdefault("last_request_at", {})
-    now = clock()
+    rate = services.settings.rate_limit_s
+    last = services.last_request_at
+    now = services.clock()
     prev = last.get(user_id)
     if rate > 0 and prev is not None and now - prev < rate:
         raise QuotaExceeded(f"Slow down — try again in {max(1, round(rate - (now - prev)))} s.")

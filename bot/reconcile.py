@@ -29,10 +29,9 @@ async def reconcile(services: Services) -> int:
     active = await db.active_jobs()
     if not active:
         return 0
-    known = await jobs.known_arq_job_ids(services)
     requeued = 0
     for job in active:
-        if job.id in known:
+        if await jobs.known_to_arq(services, job):
             continue
         func = jobs.job_function(job.kind)
         cls = contract.PAYLOAD_TYPES.get(func)
@@ -61,7 +60,7 @@ async def fail_abandoned(services: Services, handle: Callable[[contract.Event], 
     """Turn jobs arq gave up on into ``job.failed`` events passed to ``handle``; return how many."""
     failed = 0
     active = await services.db.active_jobs()
-    gave_up = await jobs.arq_gave_up(services, [j.id for j in active])
+    gave_up = await jobs.arq_gave_up(services, active)
     for job in active:
         if job.id not in gave_up:
             continue

@@ -20,8 +20,10 @@ import discord
 
 from bot import jobs
 from gpu_worker import contract
+from kitbooth import limits
 from kitbooth.errors import Busy, InvalidInput, NotAllowed
 from storage import keys
+from training import faces
 
 if TYPE_CHECKING:
     from bot.services import Services
@@ -90,10 +92,8 @@ def _normalise(photos: Sequence[Upload | tuple[str, bytes]]) -> list[Upload]:
     return out
 
 
-# --- the photo checks (a seam: services.extras["photo_checker"] replaces it) ------------------------
+# --- the photo checks (a seam: ``Services.photo_checker`` replaces it) -----------------------------
 def default_photo_checker(kind: TrainKind, photos: list[tuple[str, bytes]]) -> Any:
-    from training import faces
-
     if kind == "face":
         return faces.check_selfies(photos, resolution=RESOLUTION)
     return faces.prepare_reference_photos(photos, kind=kind, resolution=RESOLUTION)
@@ -155,10 +155,6 @@ async def check_not_training(services: Services, user_id: int) -> None:
         raise Busy("You already have a training in progress — wait for it to finish (see /me), then try again.")
 
 
-def _starting(services: Services) -> set[int]:
-    return services.extras.setdefault("training_starting", set())
-
-
 # --- the flow -------------------------------------------------------------------------------------
 async def start_training(
     services: Services,
@@ -194,7 +190,7 @@ async def start_training(
     if len(uploads) > hi:
         raise InvalidInput(f"{len(uploads)} photos is too many — send at most {hi} {what}.")
 
-    starting = _starting(services)
+    starting = services.training_starting
     if user_id in starting:
         raise Busy("You already have a training starting — wait a moment.")
     starting.add(user_id)
@@ -202,7 +198,7 @@ async def start_training(
         await check_not_training(services, user_id)
         if kind == "face":
             await db.record_consent(user_id)
-        checker = services.extras.get("photo_checker") or default_photo_checker
+        checker = services.photo_checker or default_photo_checker
         verdicts, crops = await asyncio.to_thread(_run_checks, checker, kind, uploads,
                                                   settings.max_upload_bytes)
         listing = checklist(verdicts)
@@ -224,7 +220,7 @@ async def _create_and_enqueue(
     services: Services, interaction: discord.Interaction, *, kind: TrainKind, name: str | None,
     guild_id: int | None, crops: list[tuple[int, bytes, bytes | None]], verdicts: list[Verdict],
 ) -> TrainingStarted:
-    db, store = services.db, services.store
+    db, store, settings = services.db, services.store, services.settings
     user_id = interaction.user.id
     await db.ensure_user(user_id)
     concept_name = name or ("face" if kind == "face" else kind)
@@ -250,9 +246,12 @@ async def _create_and_enqueue(
             fields: dict[str, Any] = dict(
                 job_id=job.id, user_id=user_id, concept_id=concept.id, kind=kind, method=METHODS[kind],
                 name=concept_name, photo_keys=photo_keys, artifact_key=artifact_key, checkpoint_prefix=ckpt,
-                target=target, guild_id=guild_id, seed=secrets.randbelow(2**31),
+                target=target, guild_id=guild_id, seed=secrets.randbelow(limits.SEED_MAX + 1),
             )
-            fields.update(services.extras.get("train_overrides", {}))  # e.g. {"steps": 4, "resolution": 64}
+            if settings.train_steps is not None:  # deployment/test defaults (e.g. 4 steps at 64² in tests)
+                fields["steps"] = settings.train_steps
+            if settings.train_resolution is not None:
+                fields["resolution"] = settings.train_resolution
             return contract.TrainPayload(**fields)
 
         job, _payload = await jobs.create_and_enqueue(
@@ -262,11 +261,11 @@ async def _create_and_enqueue(
     except BaseException:
         await db.update_concept(concept.id, status="failed", error="could not be queued")
         for key in photo_keys:
-            store.delete(key)
-            store.delete(keys.mask_key(key))
+            await asyncio.to_thread(store.delete, key)
+            await asyncio.to_thread(store.delete, keys.mask_key(key))
         raise
     concept = await db.update_concept(concept.id, status="training")
-    queue = await jobs.queue_position(services, job.id)
+    queue = await jobs.queue_position(services, job)
     n = len(crops)
     what = "your face" if kind == "face" else f"the {kind} **{concept_name}**"
     message = (f"{checklist(verdicts)}\n\n🏋️ Training {what} on {n} photo{'s' if n != 1 else ''} — "

@@ -1,15 +1,19 @@
-"""Cancellation: the Redis flags of the contract, a per-job watcher, and removal of queued jobs."""
+"""Cancellation: the Redis flags of the contract, a per-job watcher, and removal of queued jobs.
+
+An arq abort (``Job.abort()``, the bot's cancel) reaches a running job as a cancelled task: the job runner
+handles it as a cancel, and ``CancelWatch.__aexit__`` sets the stop flag the GPU thread checks between steps."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Iterable
 from typing import Any
 
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import deserialize_job
 
 from gpu_worker import contract
@@ -85,8 +89,6 @@ async def set_flags(redis: Any, payload: contract.CancelPayload, now: float) -> 
 def _payload_of(args: tuple, kwargs: dict) -> dict | None:
     raw = args[0] if args else kwargs.get("payload")
     if isinstance(raw, str | bytes):
-        import json
-
         try:
             raw = json.loads(raw)
         except ValueError:
@@ -94,26 +96,43 @@ def _payload_of(args: tuple, kwargs: dict) -> dict | None:
     return raw if isinstance(raw, dict) else None
 
 
+async def _candidates(redis: Any, job_ids: list[int]) -> list[str]:
+    """The arq ids the jobs can be queued under: ``kb-<id>``, a training's first slice and (one GET each) the
+    slice it enqueued last (``contract.train_slice_key``)."""
+    pointers = await redis.mget([contract.train_slice_key(j) for j in job_ids])
+    out: dict[str, None] = {}
+    for jid, ptr in zip(job_ids, pointers, strict=True):
+        out[contract.arq_job_id(jid)] = None
+        out[contract.arq_job_id(jid, 0)] = None
+        if ptr:
+            out[ptr.decode() if isinstance(ptr, bytes) else str(ptr)] = None
+    return list(out)
+
+
 async def drop_queued(
     redis: Any, queue_name: str, *, user_id: int, job_ids: Iterable[int] = ()
 ) -> list[tuple[str, str, dict]]:
-    """Remove the user's queued arq jobs (all of them, or those of ``job_ids``); returns (arq id, function,
-    payload dict) of each removed job."""
-    wanted = set(job_ids)
+    """Remove the user's queued (not running) arq jobs of ``job_ids``; returns (arq id, function, payload dict)
+    of each removed job. Work is proportional to ``job_ids``: a few keys per id, never a scan of the queue.
+    Without ``job_ids`` nothing is removed: the user's cancel flag stops each job as it starts."""
+    wanted = list(dict.fromkeys(int(j) for j in job_ids))
+    if not wanted:
+        return []
+    arq_ids = await _candidates(redis, wanted)
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.mget([job_key_prefix + a for a in arq_ids])
+        pipe.mget([in_progress_key_prefix + a for a in arq_ids])
+        raws, running = await pipe.execute()
     removed: list[tuple[str, str, dict]] = []
-    for member in await redis.zrange(queue_name, 0, -1):
-        arq_id = member.decode() if isinstance(member, bytes) else str(member)
-        raw = await redis.get(job_key_prefix + arq_id)
-        if raw is None:
+    for arq_id, raw, busy in zip(arq_ids, raws, running, strict=True):
+        if raw is None or busy is not None:  # gone, or running (it sees its cancel flag between steps)
             continue
         try:
             job = deserialize_job(raw)
         except Exception:  # noqa: BLE001 - not ours to judge
             continue
         data = _payload_of(job.args, job.kwargs)
-        if not data or data.get("user_id") != user_id:
-            continue
-        if wanted and data.get("job_id") not in wanted:
+        if not data or data.get("user_id") != user_id or data.get("job_id") not in wanted:
             continue
         async with redis.pipeline(transaction=True) as pipe:
             pipe.zrem(queue_name, arq_id)

@@ -1,4 +1,8 @@
-"""Concept files fetched from the store, parsed once and kept in memory (bounded LRU by key and sha256)."""
+"""Concept files fetched from the store, parsed once and kept in memory (bounded LRU by key and sha256).
+
+A file is read through the one concept-file validator (``training.concept_file``, via
+``training.formats.load_concept``) against the resident pipeline's own layer table, so the worker refuses exactly
+what ``/kit import`` refuses, with the same sentence, before any tensor is built."""
 
 from __future__ import annotations
 
@@ -9,24 +13,28 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from kitbooth import limits
 from kitbooth.errors import IncompatibleArtifact, NotFound
 from storage import ArtifactNotFound, ArtifactStore
+from training.base_layers import BaseModel
+from training.formats import load_concept
 
 log = logging.getLogger(__name__)
 
 GONE = "A concept used by this request no longer exists. Pick another one."
-DAMAGED = "A concept file is damaged or not a KitBooth concept. Retrain or re-import it."
 
 
 class ConceptCache:
     """``await get(key, sha256, kind)`` -> ``ConceptArtifact``. A stale entry (other sha256) is re-read.
 
     Files are KitBooth concepts (trained here) or kits/styles an admin imported as they came (A1111, kohya or
-    diffusers safetensors): both are read through ``training.formats.import_file``.
+    diffusers safetensors), checked against ``base``: the resident pipeline's ``training.base_layers.from_pipeline``.
     """
 
-    def __init__(self, store: ArtifactStore, *, max_items: int = 64, max_file_bytes: int = 256 << 20):
+    def __init__(self, store: ArtifactStore, *, base: BaseModel, max_items: int = 64,
+                 max_file_bytes: int = limits.CONCEPT_FILE_BYTES):
         self.store = store
+        self.base = base
         self.max_items = max_items
         self.max_file_bytes = max_file_bytes
         self._items: OrderedDict[str, tuple[str, Any]] = OrderedDict()
@@ -74,26 +82,20 @@ class ConceptCache:
         return len(gone)
 
     def _load(self, key: str, sha256: str, kind: str) -> tuple[str, Any]:
-        from training.formats import import_file
-
         try:
             if self.store.size(key) > self.max_file_bytes:
-                raise IncompatibleArtifact("This concept file is too large to be a KitBooth concept.")
+                raise IncompatibleArtifact(f"A concept file is over {self.max_file_bytes / 1e6:.1f} MB, too large "
+                                           "for a concept — retrain or re-import it.")
             data = self.store.get_bytes(key)
         except ArtifactNotFound:
             raise NotFound(GONE) from None
         digest = hashlib.sha256(data).hexdigest()
         if sha256 and digest != sha256:
-            raise IncompatibleArtifact("A concept file changed or is damaged (checksum mismatch). Retrain or re-import it.")
-        try:
-            # The file name only seeds an imported file's trigger word (e.g. "<kit-0>"), never a path.
-            art = import_file(data, f"{kind}.safetensors", kind=kind)
-        except IncompatibleArtifact as exc:
-            if str(exc).startswith("made for a different base model"):
-                raise
-            log.info("concept %s unreadable: %s", key, exc)
-            raise IncompatibleArtifact(DAMAGED) from None
-        except Exception as exc:  # noqa: BLE001 - any parse error of untrusted bytes
-            log.info("concept %s unreadable: %s", key, exc)
-            raise IncompatibleArtifact(DAMAGED) from None
+            raise IncompatibleArtifact("A concept file changed or is damaged (checksum mismatch) — retrain or "
+                                       "re-import it.")
+        # The file name only seeds an imported file's trigger word (e.g. "<kit-0>"), never a path. A refusal is
+        # the validator's own sentence (a UserFacingError), the same the bot gives at import.
+        art = load_concept(data, base=self.base, kind=kind, filename=f"{kind}.safetensors",
+                           max_bytes=self.max_file_bytes)
+        log.debug("concept %s loaded (%s)", key, art.extra.get("source_format", art.method))
         return digest, art

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kitbooth.errors import JobCancelled, UserFacingError
+from kitbooth.errors import JobCancelled
 from kitbooth.settings import Settings
 
 log = logging.getLogger(__name__)
+
+RECENT_CALLS = 1000  # pipeline call sizes kept in memory
 
 
 @dataclass
@@ -67,7 +70,7 @@ class Engine:
         self.composer: Any = None
         self.base_model_id = settings.base_model
         self.upscaler: Any = None
-        self.calls: list[int] = []  # requests per pipeline call (observability and tests)
+        self.calls: deque[int] = deque(maxlen=RECENT_CALLS)  # requests per recent pipeline call (tests, logs)
 
     # --- lifecycle ------------------------------------------------------------------------------
     def load(self) -> None:
@@ -229,9 +232,7 @@ class Engine:
 
         art = load_artifact(data)
         files: list[Path] = []
-        for fmt in formats:
-            if fmt not in ("a1111", "kohya", "diffusers"):
-                raise UserFacingError(f"Unknown export format {fmt!r}: use a1111, kohya or diffusers.")
+        for fmt in formats:  # checked by gpu_worker.validation.validate_export
             files += export(art, fmt, out_dir / fmt)
         return files
 

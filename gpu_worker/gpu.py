@@ -20,6 +20,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 PRIO_GENERATE = 0
 PRIO_LIGHT = 1  # upscale, export
 PRIO_TRAIN = 2
+RECENT_BATCHES = 1000  # batch sizes kept in memory
 
 
 @dataclass(order=True)
@@ -57,7 +59,8 @@ class GpuLane:
         self._linger_until = 0.0
         self._task: asyncio.Task | None = None
         self.busy = False
-        self.batches: list[int] = []  # sizes of the batched calls (observability and tests)
+        self.batches: deque[int] = deque(maxlen=RECENT_BATCHES)  # sizes of recent batched calls (tests, logs)
+        self.on_batch: Callable[[int], Any] | None = None  # e.g. Metrics.observe_batch
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -187,6 +190,11 @@ class GpuLane:
                     runner = chosen[0].runner
                     items = [w.item for w in chosen]
                     self.batches.append(len(items))
+                    if self.on_batch is not None:
+                        try:
+                            self.on_batch(len(items))
+                        except Exception:  # noqa: BLE001 - metrics never break the lane
+                            log.exception("batch observer failed")
                     try:
                         results = await loop.run_in_executor(self._executor, runner, items)
                     except Exception as exc:  # noqa: BLE001

@@ -54,6 +54,10 @@ class Metrics:
         if wait is not None:
             self.queue_wait_seconds.labels(kind).observe(max(0.0, wait))
 
+    def observe_batch(self, size: int) -> None:
+        """Requests in one pipeline call (fed by ``GpuLane`` for every batched call)."""
+        self.batch_size.observe(size)
+
     def sample_gpu(self) -> None:
         try:
             import torch

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -26,14 +25,9 @@ from discord.http import HTTPClient, Route, handle_message_parameters
 
 from gpu_worker.contract import DiscordTarget
 from kitbooth.render import Outgoing
+from kitbooth.render_discord import allowed_mentions, files_of, view_of
 
 log = logging.getLogger(__name__)
-
-_STYLES = {
-    "primary": discord.ButtonStyle.primary, "secondary": discord.ButtonStyle.secondary,
-    "success": discord.ButtonStyle.success, "danger": discord.ButtonStyle.danger,
-}
-
 
 @dataclass(frozen=True)
 class PostResult:
@@ -48,15 +42,6 @@ async def make_http_client(token: str) -> HTTPClient:
     http = HTTPClient(asyncio.get_running_loop())
     await http.static_login(token)
     return http
-
-
-def _view(msg: Outgoing) -> discord.ui.View | None:
-    if not msg.buttons:
-        return None
-    view = discord.ui.View(timeout=None)
-    for b in msg.buttons:
-        view.add_item(discord.ui.Button(label=b.label, custom_id=b.custom_id, style=_STYLES[b.style], row=b.row))
-    return view
 
 
 def _retryable(exc: BaseException) -> float | None:
@@ -92,16 +77,14 @@ class Poster:
 
     # --- one REST call ---------------------------------------------------------------------------
     def _params(self, msg: Outgoing, *, mention: int | None = None, edit: bool = False):
-        files = [discord.File(io.BytesIO(data), filename=name) for name, data in msg.files]
-        content = msg.content if mention is None else f"<@{mention}> {msg.content}"[:2000]
-        kwargs: dict[str, Any] = {
-            "content": content,
-            "allowed_mentions": discord.AllowedMentions(users=[discord.Object(mention)] if mention else False,
-                                                        everyone=False, roles=False),
-        }
-        view = _view(msg)
+        """discord.py's multipart/JSON parameters of ``msg``, from ``kitbooth.render_discord`` (the bot's
+        fallback builds its messages from the same functions)."""
+        out = msg.with_mention(mention) if mention else msg
+        kwargs: dict[str, Any] = {"content": out.content, "allowed_mentions": allowed_mentions(mention)}
+        view = view_of(out)
         if view is not None or edit:
             kwargs["view"] = view
+        files = files_of(out)
         if files:
             kwargs["files"] = files
         elif edit:

@@ -21,18 +21,16 @@ class ProgressPump:
     ``interval`` seconds when something changed. ``render(state) -> Outgoing``."""
 
     def __init__(self, poster: Any, target: DiscordTarget, render: Callable[[dict], Outgoing], *,
-                 interval: float = 1.0, on_post: Callable[[dict], Any] | None = None):
+                 interval: float = 1.0):
         self.poster = poster
         self.target = target
         self.render = render
         self.interval = interval
-        self.on_post = on_post
         self._lock = threading.Lock()
         self._state: dict | None = None
         self._version = 0
         self._posted = 0
         self._task: asyncio.Task | None = None
-        self.posts = 0
 
     def update(self, **state: Any) -> None:
         with self._lock:
@@ -50,14 +48,11 @@ class ProgressPump:
         if state is None or version == self._posted:
             return
         self._posted = version
-        if self.on_post is not None:
-            self.on_post(state)
         if self.poster is None or not (self.target.token_valid() or self.target.message_id):
             return
         try:
             msg = await asyncio.to_thread(self.render, state)
-            if await self.poster.progress(self.target, msg):
-                self.posts += 1
+            await self.poster.progress(self.target, msg)
         except Exception as exc:  # noqa: BLE001 - progress is best effort
             log.info("progress post failed: %s", exc)
 

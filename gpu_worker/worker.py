@@ -1,6 +1,7 @@
-"""The arq worker: settings → ``Worker``; start-up loads the pipeline once; shutdown releases it.
+"""The arq worker: settings → ``Worker``; start-up loads the pipeline once and builds the one
+``WorkerContext`` (``ctx[CTX_KEY]``); shutdown releases what start-up built.
 
-``build_worker(settings, ...)`` takes optional injected parts (store, Discord HTTP client, a pre-loaded
+``build_worker(settings, ...)`` takes optional injected ``Parts`` (store, Discord HTTP client, a pre-loaded
 engine) so tests can run the real worker in-process against real Redis, SimCord and the tiny model.
 """
 
@@ -8,21 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 from typing import Any
 
-from arq import func
 from arq.connections import RedisSettings
 from arq.worker import Worker
 
-from gpu_worker import contract, jobs
 from gpu_worker.concepts import ConceptCache
+from gpu_worker.context import CTX_KEY, WorkerContext
 from gpu_worker.engine import Engine
 from gpu_worker.events import EventSink
 from gpu_worker.gpu import PRIO_LIGHT, GpuLane
+from gpu_worker.jobs import job_functions
 from gpu_worker.metrics import Metrics
+from gpu_worker.poster import Poster, make_http_client
+from gpu_worker.store_io import transient_store
 from kitbooth.settings import Settings
-from storage import ArtifactStore, LocalArtifactStore
+from storage import ArtifactStore, open_store
+from training.base_layers import from_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -31,67 +37,62 @@ log = logging.getLogger(__name__)
 IN_PROGRESS_MARGIN_S = 2.0
 
 
-def job_functions(settings: Settings) -> list[Any]:
-    """Every job function with a deliberate timeout and number of tries.
+@dataclasses.dataclass
+class Parts:
+    """What ``build_worker`` hands start-up: the settings and what it may use instead of building it (tests;
+    a pre-loaded engine). arq's ``ctx`` holds only arq's own keys and, after start-up, ``CTX_KEY``."""
 
-    - train_slice: a slice is bounded by ``slice_seconds``/``slice_steps``, but it may wait behind generations
-      and the previous slice: timeout = job_timeout_s; 4 tries (a retry resumes from the last checkpoint, so a
-      crash costs at most one slice; a slice that crashes the worker 4 times is given up).
-    - generate / upscale / export: seconds of work, retried twice after a crash (outputs are overwritten, the
-      message edit is idempotent).
-    - cancel: tiny and idempotent.
-    Handled failures (bad payload, a user error, a bug) are reported by the job itself and never retried.
-    """
-    t = settings.job_timeout_s
-    short = min(t, 180.0)
-    return [
-        func(jobs.train_slice, name=contract.TRAIN_JOB, timeout=t, max_tries=4, keep_result=3600),
-        func(jobs.generate, name=contract.GENERATE_JOB, timeout=short, max_tries=2, keep_result=600),
-        func(jobs.upscale, name=contract.UPSCALE_JOB, timeout=short, max_tries=2, keep_result=600),
-        func(jobs.export, name=contract.EXPORT_JOB, timeout=short, max_tries=2, keep_result=600),
-        func(jobs.cancel, name=contract.CANCEL_JOB, timeout=min(t, 30.0), max_tries=3, keep_result=600),
-    ]
+    settings: Settings
+    store: ArtifactStore | None = None
+    http: Any = None  # discord.py HTTPClient (SimCord's in tests)
+    poster: Any = None
+    engine: Engine | None = None
+    lane: GpuLane | None = None
+    metrics: Metrics | None = None
+    concepts: ConceptCache | None = None
+    progress_interval: float = 1.0
+    worker: Worker | None = None
+    owned: list[str] = dataclasses.field(default_factory=list)  # what startup built and shutdown releases
 
 
-async def startup(ctx: dict) -> None:
-    settings: Settings = ctx["settings"]
-    if ctx.get("store") is None:
-        ctx["store"] = LocalArtifactStore(settings.artifacts_path)
-    lane = ctx.get("lane") or GpuLane(max_batch=settings.max_batch, gather_s=settings.batch_gather_s)
-    ctx["lane"] = lane
+async def startup(ctx: dict, parts: Parts) -> None:
+    """Build the one ``WorkerContext`` (ctx[CTX_KEY]): store, GPU lane, resident pipeline, poster, metrics."""
+    settings = parts.settings
+    # KITBOOTH_STORE_URL: the local folder or an S3-compatible store shared by every worker (probed once).
+    store = transient_store(parts.store or await asyncio.to_thread(open_store, settings))
+    lane = parts.lane or GpuLane(max_batch=settings.max_batch, gather_s=settings.batch_gather_s)
     lane.start()
-    engine = ctx.get("engine")
+    engine = parts.engine
     if engine is None:
         engine = Engine(settings)
-        ctx["engine"] = engine
-        ctx["owns_engine"] = True
+        parts.owned.append("engine")
     if engine.pipe is None:
         await lane.call(engine.load, priority=0)
         await lane.call(engine.warm_up, priority=0)
-    ctx["concepts"] = ctx.get("concepts") or ConceptCache(ctx["store"], max_items=settings.concept_cache)
-    ctx["events"] = EventSink(ctx["redis"], settings.events_stream)
-    ctx["train_lock"] = asyncio.Lock()
-    # arq hands each job a shallow copy of ctx: shared mutable records must exist before the first job.
-    ctx.setdefault("slices", [])  # (start|end, job id, slice index, epoch) of recent training slices
-    ctx.setdefault("timings", [])  # generate jobs: pipeline seconds vs GPU wall time
-    if ctx.get("poster") is None and ctx.get("http") is None and settings.discord_token is not None:
-        from gpu_worker.poster import make_http_client
-
-        ctx["http"] = await make_http_client(settings.discord_token.get_secret_value())
-        ctx["owns_http"] = True
-    if ctx.get("poster") is None and ctx.get("http") is not None:
-        from gpu_worker.poster import Poster
-
-        ctx["poster"] = Poster(ctx["http"])
-    if ctx.get("poster") is None:
+    base = await lane.call(lambda: from_pipeline(engine.pipe), priority=0)  # what concept files must fit
+    http, poster = parts.http, parts.poster
+    if poster is None and http is None and settings.discord_token is not None:
+        http = await make_http_client(settings.discord_token.get_secret_value())
+        parts.owned.append("http")
+    if poster is None and http is not None:
+        poster = Poster(http)
+    if poster is None:
         log.warning("no Discord token: results are delivered by the bot from the events stream (posted=False)")
-    metrics: Metrics = ctx.get("metrics") or Metrics()
-    ctx["metrics"] = metrics
-    if settings.metrics_port and not ctx.get("metrics_served"):
+    metrics = parts.metrics or Metrics()
+    lane.on_batch = metrics.observe_batch
+    if settings.metrics_port:
         metrics.serve(settings.metrics_port)
-        ctx["metrics_served"] = True
-    ctx["metrics_task"] = asyncio.create_task(metrics.poll(ctx["redis"], settings.queue_name, lane))
-    ctx["housekeeping_task"] = asyncio.create_task(_housekeeping(ctx))
+        parts.owned.append("metrics")
+    w = WorkerContext(
+        settings=settings, redis=ctx["redis"], store=store, lane=lane, engine=engine,
+        concepts=parts.concepts or ConceptCache(store, base=base, max_items=settings.concept_cache),
+        events=EventSink(ctx["redis"], settings.events_stream), metrics=metrics, poster=poster,
+        worker=parts.worker, progress_interval=parts.progress_interval,
+    )
+    w.background = [asyncio.create_task(metrics.poll(ctx["redis"], settings.queue_name, lane)),
+                    asyncio.create_task(_housekeeping(w))]
+    parts.http = http
+    ctx[CTX_KEY] = w
     log.info("worker ready: queue=%s device=%s max_batch=%d slice=%.1fs/%s steps",
              settings.queue_name, engine.device, settings.max_batch, settings.slice_seconds, settings.slice_steps)
 
@@ -99,12 +100,11 @@ async def startup(ctx: dict) -> None:
 HOUSEKEEPING_INTERVAL_S = 30.0
 
 
-async def forget_deleted(ctx: dict) -> list[str]:
+async def forget_deleted(w: WorkerContext) -> list[str]:
     """Drop from memory every concept whose file is gone from the store (``/forget``, a retrain, a removed kit):
     parsed files in the concept cache and LoRA adapters resident on the pipeline. Works on every worker
     without a broadcast; returns the keys dropped."""
-    store, cache = ctx["store"], ctx["concepts"]
-    engine, lane = ctx["engine"], ctx["lane"]
+    store, cache, engine, lane = w.store, w.concepts, w.engine, w.lane
     resident = list(engine.composer.resident_adapters()) if engine.composer is not None else []
     candidates = set(cache.cached_keys()) | set(resident)
     gone = [k for k in sorted(candidates) if not await asyncio.to_thread(store.exists, k)]
@@ -116,60 +116,58 @@ async def forget_deleted(ctx: dict) -> list[str]:
     return gone
 
 
-async def _housekeeping(ctx: dict) -> None:
+async def _housekeeping(w: WorkerContext) -> None:
     while True:
         await asyncio.sleep(HOUSEKEEPING_INTERVAL_S)
         try:
-            gone = await forget_deleted(ctx)
+            gone = await forget_deleted(w)
             if gone:
                 log.info("dropped %d deleted concept(s) from memory", len(gone))
         except Exception:
             log.exception("housekeeping failed")
 
 
-async def shutdown(ctx: dict) -> None:
-    for name in ("metrics_task", "housekeeping_task"):
-        task = ctx.pop(name, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if ctx.get("owns_http") and ctx.get("http") is not None:
-        await ctx["http"].close()
-    lane: GpuLane | None = ctx.get("lane")
-    if ctx.get("owns_engine") and lane is not None:
-        await lane.call(ctx["engine"].release, priority=0)
-    if ctx.get("owns_lane", True) and lane is not None:
-        await lane.close()
-    if ctx.get("metrics_served"):
-        ctx["metrics"].close()
+async def shutdown(ctx: dict, parts: Parts) -> None:
+    w: WorkerContext | None = ctx.get(CTX_KEY)
+    if w is None:
+        return
+    for task in w.background:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if "http" in parts.owned and parts.http is not None:
+        await parts.http.close()
+    if "engine" in parts.owned:
+        await w.lane.call(w.engine.release, priority=0)
+    if parts.lane is None:  # ours: an injected lane belongs to the caller
+        await w.lane.close()
+    if "metrics" in parts.owned:
+        w.metrics.close()
 
 
 class _BatchingWorker(Worker):
     """arq's Worker, telling the GPU lane how many jobs each poll starts (see ``GpuLane.expect``)."""
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        lane = self.ctx.get("lane")
-        if lane is not None:
-            lane.expect(len(job_ids))
+        w = self.ctx.get(CTX_KEY)
+        if w is not None:
+            w.lane.expect(len(job_ids))
         await super().start_jobs(job_ids)
 
 
 def build_worker(
     settings: Settings, *, store: ArtifactStore | None = None, http: Any = None, poster: Any = None,
-    engine: Engine | None = None, handle_signals: bool = True, burst: bool = False, **extra: Any,
+    engine: Engine | None = None, handle_signals: bool = True, burst: bool = False, **parts: Any,
 ) -> Worker:
-    """An arq ``Worker`` for ``settings`` (with optional injected parts, see the module docstring)."""
+    """An arq ``Worker`` for ``settings`` (with optional injected ``Parts``, see the module docstring)."""
+    injected = Parts(settings=settings, store=store, http=http, poster=poster, engine=engine, **parts)
     functions = job_functions(settings)
-    ctx: dict[str, Any] = {"settings": settings, "store": store, "http": http, "poster": poster, "engine": engine}
-    ctx.update(extra)
     worker = _BatchingWorker(
         functions,
         queue_name=settings.queue_name,
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
-        on_startup=startup,
-        on_shutdown=shutdown,
-        ctx=ctx,
+        on_startup=functools.partial(startup, parts=injected),
+        on_shutdown=functools.partial(shutdown, parts=injected),
         max_jobs=settings.max_batch + 2,  # a full batch of generations + a training slice + a cancel
         poll_delay=settings.poll_delay,
         job_timeout=settings.job_timeout_s,
@@ -178,7 +176,9 @@ def build_worker(
         handle_signals=handle_signals,
         burst=burst,
         health_check_interval=60,
+        allow_abort_jobs=True,  # the bot cancels with arq's Job.abort (handled as a cancel by the runner)
     )
+    injected.worker = worker
     worker.in_progress_timeout_s = max(f.timeout_s or settings.job_timeout_s for f in functions) + IN_PROGRESS_MARGIN_S
     return worker
 

@@ -24,6 +24,20 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Root for the database and the local artifact store.")
     database_path: Path | None = Field(None, description="SQLite file; default <data_dir>/kitbooth.db.")
     artifact_dir: Path | None = Field(None, description="Local artifact store root; default <data_dir>/artifacts.")
+    store_url: str | None = Field(
+        None, description="Artifact store: s3://bucket/prefix (MinIO, AWS S3, R2) or file:///path; unset: artifact_dir."
+    )
+    s3_endpoint: str | None = Field(
+        None, description="S3 endpoint URL, e.g. http://minio:9000 or https://<account>.r2.cloudflarestorage.com; "
+        "unset: AWS."
+    )
+    s3_region: str = Field("us-east-1", description="S3 region (R2: auto).")
+    s3_access_key_id: str | None = Field(None, description="S3 access key id; unset: the AWS_* / instance credentials.")
+    s3_secret_access_key: SecretStr | None = Field(None, description="S3 secret access key (never logged).")
+    s3_path_style: bool = Field(True, description="Path-style URLs (endpoint/bucket/key); false: bucket.endpoint/key.")
+    s3_timeout_s: float = Field(30.0, gt=0, description="Longest one S3 request may take, body included.")
+    s3_connect_timeout_s: float = Field(5.0, gt=0, description="Longest an S3 connection may take to open.")
+    s3_retries: int = Field(3, ge=0, description="Retries of a failed S3 request (5xx, dropped connection, timeout).")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis DSN for the arq queue and events.")
     queue_name: str = Field("kitbooth:queue", description="arq queue name shared by bot and workers.")
     events_stream: str = Field("kitbooth:events", description="Redis stream the worker writes events to.")
@@ -37,6 +51,13 @@ class Settings(BaseSettings):
     base_hidden_size: int = Field(
         768, ge=1, description="Text-encoder width of the base model (768 for SD 1.5); imports are checked against it."
     )
+    rate_limit_s: float = Field(3.0, ge=0, description="Seconds a member waits between two image requests (0: none).")
+    generate_steps: int | None = Field(None, ge=1, description="Denoising steps of every generate job; None: 25.")
+    generate_side: int | None = Field(
+        None, ge=64, description="Width and height of every generate job (e.g. 64 on the tiny model); None: the shape's."
+    )
+    train_steps: int | None = Field(None, ge=1, description="Training steps of every concept; None: the kind's default.")
+    train_resolution: int | None = Field(None, ge=64, description="Training resolution; None: the trainer's default.")
 
     # --- worker ---
     base_model: str = Field(DEFAULT_BASE_MODEL, description="Hub id, local diffusers folder or .safetensors.")
@@ -68,7 +89,9 @@ class Settings(BaseSettings):
     concept_cache: int = Field(64, ge=1, description="Parsed concept files kept in worker memory (LRU).")
     sample_steps: int = Field(20, ge=1, description="Denoising steps of the sample images posted after training.")
     train_samples: int = Field(2, ge=0, le=4, description="Sample images posted when a training finishes.")
-    max_prompt_chars: int = Field(1000, ge=1, description="Longest prompt a generate job accepts.")
+    retry_defer_s: float = Field(
+        2.0, ge=0, description="First delay before a job hit by a transient error runs again (doubles per try)."
+    )
 
     @field_validator("log_level")
     @classmethod

@@ -7,8 +7,10 @@ install (``.[worker]``) has no aiosqlite, so importing ``storage`` must never pu
 from storage import keys
 from storage.artifacts import ArtifactStore, LocalArtifactStore, validate_key
 from storage.errors import ArtifactNotFound, InvalidKey, StorageError, StoreUnavailable
+from storage.factory import open_store
+from storage.s3 import S3ArtifactStore
 
 __all__ = [
-    "ArtifactNotFound", "ArtifactStore", "InvalidKey", "LocalArtifactStore", "StorageError", "StoreUnavailable", "keys",
-    "validate_key",
+    "ArtifactNotFound", "ArtifactStore", "InvalidKey", "LocalArtifactStore", "S3ArtifactStore", "StorageError",
+    "StoreUnavailable", "keys", "open_store", "validate_key",
 ]

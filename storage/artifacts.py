@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.errors import ArtifactNotFound, InvalidKey
+from storage.errors import ArtifactNotFound, InvalidKey, StoreUnavailable
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
 MAX_KEY_LENGTH = 512
@@ -92,6 +92,10 @@ class ArtifactStore(ABC):
             n += self.delete(key)
         return n
 
+    def check(self) -> None:
+        """Raise a ``StorageError`` when the store cannot serve (one cheap probe: for start-up and health)."""
+        self.list("kitbooth-check/")
+
     def get_to_file(self, key: str, path: str | os.PathLike[str]) -> Path:
         """Copy an object to a local file (atomically) and return the path."""
         dest = Path(path)
@@ -135,6 +139,14 @@ class LocalArtifactStore(ArtifactStore):
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"LocalArtifactStore({self.root})"
+
+    def check(self) -> None:
+        if not self.root.is_dir() or not os.access(self.root, os.W_OK | os.X_OK):
+            raise StoreUnavailable(f"artifact folder {self.root} is missing or not writable: fix its permissions "
+                                   "or set KITBOOTH_ARTIFACT_DIR / KITBOOTH_STORE_URL.")
 
     def _path(self, key: str) -> Path:
         p = (self.root / validate_key(key)).resolve()

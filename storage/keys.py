@@ -15,6 +15,18 @@ def user_prefix(user_id: int) -> str:
     return f"users/{_id(user_id)}/"
 
 
+def prefixed_keys(raw: object, prefix: str) -> list[str]:
+    """The keys among ``raw`` (a list from an event, or None) that lie under ``prefix`` (no ``..`` segments)."""
+    items = raw if isinstance(raw, list | tuple) else []
+    return [k for k in items if isinstance(k, str) and k.startswith(prefix) and ".." not in k.split("/")]
+
+
+def own_keys(raw: object, user_id: int) -> list[str]:
+    """The keys among ``raw`` that lie under ``users/<user_id>/``: whoever acts on a user's behalf (attach,
+    deliver, delete) never touches another user's files."""
+    return prefixed_keys(raw, user_prefix(user_id))
+
+
 def guild_prefix(guild_id: int) -> str:
     return f"guilds/{_id(guild_id)}/"
 

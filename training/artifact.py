@@ -9,8 +9,9 @@ File layout (all tensors fp16):
 ``created``, ``version`` (KitBooth's), ``extra`` (JSON object of strings).
 
 ``load_artifact`` returns fp32 tensors (exact copies of the fp16 values), so save → load → save gives the same
-tensors and metadata (safetensors' header order may differ between writes). It reads only
-safetensors (never a pickle) and raises ``IncompatibleArtifact`` with a short reason on anything malformed.
+tensors and metadata (safetensors' header order may differ between writes). It reads the file through the one
+concept-file validator (``training.concept_file``: torch-free, never a pickle), which refuses anything malformed
+with one sentence.
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
+from kitbooth import limits
 from kitbooth.errors import IncompatibleArtifact
+from training.base_layers import BaseModel
+from training.concept_file import KINDS, METHODS, OWN_FORMAT, OWN_FORMAT_VERSION, ConceptFile, read_concept
 
-FORMAT = "kitbooth.concept"
-FORMAT_VERSION = "1"
-KINDS = ("face", "kit", "style")
-METHODS = ("pivotal", "lora", "ti", "imported")
-MAX_TOKENS = 16
+FORMAT = OWN_FORMAT
+FORMAT_VERSION = OWN_FORMAT_VERSION
+MAX_TOKENS = limits.TI_VECTORS_MAX
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<ab>lora_A|lora_B)\.weight$")
 
 
@@ -139,48 +142,41 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def load_artifact(src: str | Path | bytes) -> ConceptArtifact:
-    """Read a KitBooth concept file (path or bytes). Raises ``IncompatibleArtifact`` if it is not one."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load
-
+def load_artifact(src: str | Path | bytes, base: BaseModel | None = None) -> ConceptArtifact:
+    """Read a KitBooth concept file (path or bytes) through the one validator (``training.concept_file``);
+    ``base``: also check it fits that base model. Raises ``InvalidInput`` / ``IncompatibleArtifact``."""
     if isinstance(src, bytes | bytearray):
-        data = bytes(src)
+        data, name = bytes(src), "concept.safetensors"
     else:
         try:
-            data = Path(src).read_bytes()
+            data, name = Path(src).read_bytes(), Path(src).name
         except OSError as exc:
-            raise IncompatibleArtifact(f"cannot read concept file: {exc.strerror or exc}") from exc
-    try:
-        tensors = load(data)
-        metadata = read_metadata(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise IncompatibleArtifact("not a concept file: it is not a valid .safetensors file") from exc
-    if metadata.get("format") != FORMAT:
-        raise IncompatibleArtifact(
-            "not a KitBooth concept file (no KitBooth metadata) — import A1111/kohya/diffusers files instead")
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise IncompatibleArtifact(f"concept file format version {metadata.get('format_version')!r} is not "
-                                   f"supported (expected {FORMAT_VERSION})")
-    try:
-        tokens = json.loads(metadata["tokens"])
-        extra = json.loads(metadata.get("extra") or "{}")
-        art = ConceptArtifact(
-            kind=metadata["kind"], method=metadata["method"], base_model=metadata.get("base_model", ""),
-            hidden_size=int(metadata["hidden_size"]), tokens=tokens,
-            embeddings=tensors.pop("embeddings").float() if "embeddings" in tensors else None,
-            unet_lora={k[5:]: v.float() for k, v in tensors.items() if k.startswith("unet.")},
-            text_lora={k[13:]: v.float() for k, v in tensors.items() if k.startswith("text_encoder.")},
-            rank=int(metadata["rank"]) if metadata.get("rank") else None,
-            alpha=float(metadata["alpha"]) if metadata.get("alpha") else None,
-            steps=int(metadata.get("steps") or 0), created=metadata.get("created", ""),
-            version=metadata.get("version", ""), extra=extra,
-        )
-    except (KeyError, ValueError, TypeError) as exc:
-        raise IncompatibleArtifact(f"concept file has broken metadata ({exc})") from exc
-    unknown = [k for k in tensors if k != "embeddings" and not k.startswith(("unet.", "text_encoder."))]
-    if unknown:
-        raise IncompatibleArtifact(f"concept file has unexpected tensors ({unknown[0]!r})")
+            raise IncompatibleArtifact(f"Cannot read the concept file ({exc.strerror or 'unreadable'}).") from None
+    cf = read_concept(data, base, filename=name)
+    if cf.layout != "kitbooth":
+        raise IncompatibleArtifact("This is not a KitBooth concept file — import it as a kit or style instead.")
+    return artifact_from_file(cf)
+
+
+def _tensor(arr: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(arr, dtype=np.float32))
+
+
+def artifact_from_file(cf: ConceptFile) -> ConceptArtifact:
+    """The artifact of a validated KitBooth concept file (fp32 tensors)."""
+    own = cf.own
+    lora: dict[str, dict[str, torch.Tensor]] = {"unet": {}, "text": {}}
+    for pair in cf.lora:
+        lora[pair.part][f"{pair.path}.lora_A.weight"] = _tensor(pair.down)
+        lora[pair.part][f"{pair.path}.lora_B.weight"] = _tensor(pair.up)
+    art = ConceptArtifact(
+        kind=own["kind"], method=own["method"], base_model=str(own["base_model"]),  # type: ignore[arg-type]
+        hidden_size=cf.hidden_size, tokens=list(cf.tokens),
+        embeddings=_tensor(cf.embeddings) if cf.embeddings is not None else None,
+        unet_lora=lora["unet"], text_lora=lora["text"], rank=own["rank"], alpha=own["alpha"],  # type: ignore[arg-type]
+        steps=int(own["steps"]), created=str(own["created"]), version=str(own["version"]),  # type: ignore[call-overload]
+        extra=dict(own["extra"]),  # type: ignore[call-overload]
+    )
     validate(art)
     return art
 

@@ -83,21 +83,24 @@ def _bar(total: int, desc: str) -> Any:
 
 def _generate(args: argparse.Namespace, settings: Any) -> int:
     from kitbooth.errors import UserFacingError
-    from training.artifact import load_artifact
     from training.compose import ConceptUse
+    from training.formats import import_file
     from training.generate import GenerationRequest, generate
 
     if args.weight and len(args.weight) != len(args.concept):
         print("error: give one --weight per --concept (or none)", file=sys.stderr)
         return 2
     try:
-        uses = [ConceptUse(str(Path(f).resolve()), load_artifact(Path(f)), w)
+        for f in args.concept:  # before the slow model load: each file through the validator (structure)
+            import_file(Path(f), kind="kit")
+        pipe, composer = _load(args, settings)
+        # ... and against the loaded model's own layer table, as the worker does
+        uses = [ConceptUse(str(Path(f).resolve()), import_file(Path(f), kind="kit", pipe=pipe), w)
                 for f, w in zip(args.concept, args.weight or [1.0] * len(args.concept), strict=True)]
         seed = args.seed if args.seed is not None else random.randrange(2**32)
         req = GenerationRequest(args.prompt, uses, seed=seed, count=args.count, width=args.size, height=args.size,
                                 steps=args.steps, guidance=args.guidance, negative_prompt=args.negative,
                                 kit_words=args.kit_words, style_words=args.style_words)
-        pipe, composer = _load(args, settings)
         bar = _bar(args.steps, "generating")
 
         def progress(step: int, total: int, _preview: Any) -> None:
@@ -161,17 +164,19 @@ def full_size_parameters(art: Any, hidden_size: int = 768) -> int:
 
 
 def _inspect(args: argparse.Namespace, settings: Any) -> int:
-    from kitbooth.errors import IncompatibleArtifact, UserFacingError
-    from training.artifact import check_compatible, load_artifact
+    """Any concept file the worker reads (ours, diffusers, A1111, kohya), through the one validator."""
+    from kitbooth.errors import UserFacingError
+    from training.formats import import_file
 
     path = Path(args.file)
     try:
-        art = load_artifact(path)
-    except IncompatibleArtifact as exc:
+        art = import_file(path, kind="kit")
+    except (UserFacingError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     info: dict[str, Any] = {
-        "file": str(path), "bytes": path.stat().st_size, "kind": art.kind, "method": art.method,
+        "file": str(path), "bytes": path.stat().st_size, "format": art.extra.get("source_format", "kitbooth"),
+        "kind": art.kind, "method": art.method,
         "base_model": art.base_model, "hidden_size": art.hidden_size, "tokens": art.tokens,
         "trigger": art.trigger, "vectors": 0 if art.embeddings is None else int(art.embeddings.shape[0]),
         "unet_lora_layers": len({k.rsplit(".lora_", 1)[0] for k in art.unet_lora}),
@@ -188,7 +193,7 @@ def _inspect(args: argparse.Namespace, settings: Any) -> int:
 
             pipe = load_base_pipeline(args.base_model, device=args.device, offline=settings.offline,
                                       safety_checker=False)
-            check_compatible(art, pipe)
+            import_file(path, kind="kit", pipe=pipe)  # the validator against that model's layers, as the worker
             info["compatible"] = {"base_model": args.base_model, "ok": True}
         except UserFacingError as exc:
             info["compatible"] = {"base_model": args.base_model, "ok": False, "reason": str(exc)}

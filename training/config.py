@@ -86,7 +86,7 @@ class TrainConfig:
     mirror: bool = True  # also train on mirror images (cached like the originals)
     # Speed and numerics
     # auto: bf16 (or fp16) on CUDA, fp32 on CPU. A pipeline resident in fp16/bf16 (any device) always autocasts in
-    # its own dtype, whatever this says (fp16 with a grad scaler): see training.loop._amp_dtype.
+    # its own dtype, whatever this says (fp16 with a grad scaler): see training.train_step.amp_dtype.
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
     use_xformers: bool = True  # only when installed AND on CUDA

@@ -166,7 +166,8 @@ def evaluate(
 ) -> EvalReport:
     """Generate ``k`` images per prompt of the fixed set and score them (see the module docstring)."""
     from training.compose import ConceptUse
-    from training.generate import GenerationRequest, generate, plain_text
+    from training.generate import GenerationRequest, generate
+    from training.generation_request import plain_text
 
     kind = getattr(artifact, "kind", "face")
     prompts = list(prompts or EVAL_PROMPTS.get(kind, EVAL_PROMPTS["face"]))

@@ -3,249 +3,64 @@
 * Requests that share size, steps, guidance (and img2img strength) run in **one** pipeline call; each request's
   prompt is repeated per image, each image has its own seed (``seed + k``) and its own CPU generator, so an
   image equals the same request generated alone with that seed (within float tolerance of batching).
-* Prompts are built by :func:`training.prompts.build_prompt` (face trigger + kit + user text + style, default
-  negative, explicit truncation) and encoded here (not by the pipeline), so each request's concepts, TI slots
-  and text-encoder LoRA apply to its own rows.
-* DPM-Solver++ (2M, Karras sigmas) is installed once on the pipeline from its own scheduler config.
+* Prompts are built by :func:`training.generation_request.build_request_prompt` and encoded here (not by the
+  pipeline), so each request's concepts, TI slots and text-encoder LoRA apply to its own rows.
 * Progress every step and a cheap latent preview (:mod:`training.preview`) every ``preview_every_s``.
 * The safety checker runs when one is loaded (or one is passed); flagged images are blacked out, ``nsfw=True``.
-* Every PNG carries A1111's ``parameters`` text chunk plus an "AI generated" mark (``ai_generated``,
-  ``Software``, the IPTC digital source type ``trainedAlgorithmicMedia`` as text and as XMP).
+* Every PNG carries A1111's ``parameters`` and the "AI generated" mark (:mod:`training.png_metadata`).
 * Optional ×2 latent upscaler (``stabilityai/sd-x2-latent-upscaler``) for requests with ``upscale=True``; when
   none is configured those requests come back at base size with ``upscaled=False`` (logged, never an error).
-* ``vary``: img2img from a previous image at ``strength`` (default 0.35) with a new seed — same composition,
-  new details. ``upscale``: the latent upscaler on one image, or Lanczos ×2 when none is configured.
+* ``vary`` (:func:`training.generation_request.vary`): img2img from a previous image. ``upscale``: the latent
+  upscaler on one image, or Lanczos ×2 when none is configured.
+
+The request types are re-exported here: they are this module's signature.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import logging
-import re
 import time
-import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from kitbooth import __version__
-from kitbooth.errors import InvalidInput, JobCancelled
-from training.compose import Composer, ConceptUse
+from kitbooth.errors import JobCancelled
+from training.compose import Composer, Composition
+from training.generation_request import (
+    GeneratedImage,
+    GenerationRequest,
+    build_request_prompt,
+    plain_text,
+    vary,
+)
+from training.pipeline_calls import (
+    check_safety,
+    decode,
+    encode_text,
+    img2img,
+    initial_noise,
+    latent_upscale,
+    model_name,
+    use_dpm_solver,
+)
+from training.png_metadata import a1111_parameters, png_bytes
 from training.preview import grid, latents_to_rgb
-from training.prompts import BuiltPrompt, build_prompt
+from training.prompts import BuiltPrompt
+
+__all__ = ["GenerationRequest", "GeneratedImage", "vary", "generate", "upscale"]
 
 log = logging.getLogger(__name__)
 
-SAMPLER_NAME = "DPM++ 2M Karras"
-IPTC_TRAINED_ALGORITHMIC = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
-MAX_SEED = 2**63 - 16
-
 Progress = Callable[[int, int, "Image.Image | None"], None]
 RequestProgress = Callable[[int, int, int, "Image.Image | None"], None]
+_LATENT_UPSCALER = "Latent (sd-x2-latent-upscaler)"
 
 
-@dataclass
-class GenerationRequest:
-    """One user's request: ``count`` images of ``prompt`` with their concepts (face, kit, style)."""
-
-    prompt: str
-    concepts: list[ConceptUse] = field(default_factory=list)
-    seed: int = 0
-    count: int = 1
-    width: int = 512
-    height: int = 512
-    steps: int = 25
-    guidance: float = 7.0
-    negative_prompt: str | None = None
-    kit_words: str | None = None
-    style_words: str | None = None
-    init_image: Image.Image | None = None  # img2img ("vary") from this image
-    strength: float = 0.35  # img2img strength
-    upscale: bool = False  # ×2 latent upscaler, when one is configured
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.count <= 4:
-            raise InvalidInput("Ask for 1 to 4 images.")
-        if not (0 <= self.seed <= MAX_SEED):
-            raise InvalidInput("The seed must be a non-negative 63-bit number.")
-        for v in (self.width, self.height):
-            if v % 8 or not 64 <= v <= 2048:
-                raise InvalidInput("Width and height must be multiples of 8 between 64 and 2048.")
-        if not 1 <= self.steps <= 150:
-            raise InvalidInput("Steps must be between 1 and 150.")
-        if not 0.0 <= self.guidance <= 30.0:
-            raise InvalidInput("Guidance must be between 0 and 30.")
-        if self.init_image is not None and not 0.0 < self.strength <= 1.0:
-            raise InvalidInput("Variation strength must be in (0, 1].")
-
-    @property
-    def seeds(self) -> list[int]:
-        return [self.seed + k for k in range(self.count)]
-
-    def batch_key(self) -> tuple:
-        """Requests with equal keys can share one pipeline call."""
-        img2img = self.init_image is not None
-        return (self.width, self.height, self.steps, float(self.guidance), img2img,
-                float(self.strength) if img2img else None)
-
-
-@dataclass
-class GeneratedImage:
-    image: Image.Image
-    seed: int
-    prompt: str  # the built prompt, with trigger words (never slot tokens)
-    png: bytes  # PNG with A1111 parameters and the AI-generated mark
-    negative: str = ""
-    nsfw: bool = False
-    upscaled: bool = False
-    parameters: str = ""
-    notice: str | None = None  # e.g. what was cut from a too-long prompt
-
-
-# --- prompts -----------------------------------------------------------------------------------------------------
-def _concept_of(req: GenerationRequest, kind: str) -> Any:
-    return next((u.artifact for u in req.concepts if getattr(u.artifact, "kind", None) == kind), None)
-
-
-def _join_words(art: Any, words: str | None, default: str) -> str | None:
-    trigger = " ".join(getattr(art, "tokens", []) or []) if art is not None else ""
-    if trigger and words:
-        return f"{trigger} {words}"
-    if trigger:
-        return f"{trigger} {default}".strip()
-    return words or None
-
-
-def build_request_prompt(req: GenerationRequest, tokenizer: Any = None) -> BuiltPrompt:
-    """The template applied to a request: face trigger, kit (trigger + words), user prompt, style."""
-    face = _concept_of(req, "face")
-    return build_prompt(
-        req.prompt,
-        face_trigger=" ".join(face.tokens) if face is not None and face.tokens else None,
-        kit_words=_join_words(_concept_of(req, "kit"), req.kit_words, "football kit"),
-        style_words=_join_words(_concept_of(req, "style"), req.style_words, "style"),
-        negative=req.negative_prompt,
-        tokenizer=tokenizer,
-    )
-
-
-def plain_text(text: str) -> str:
-    """Text without ``<...>`` placeholder tokens (for models that do not know them, e.g. the upscaler)."""
-    return " ".join(re.sub(r"<[^<>\s]+>", " ", text).split())
-
-
-# --- pipeline helpers --------------------------------------------------------------------------------------------
-def use_dpm_solver(pipe: Any) -> None:
-    """Install DPM-Solver++ 2M Karras from the pipeline's own scheduler config (once; idempotent)."""
-    from diffusers import DPMSolverMultistepScheduler
-
-    if isinstance(pipe.scheduler, DPMSolverMultistepScheduler):
-        return
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
-        pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True
-    )
-
-
-_IMG2IMG: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _img2img(pipe: Any) -> Any:
-    p = _IMG2IMG.get(pipe)
-    if p is None:
-        from diffusers import StableDiffusionImg2ImgPipeline
-
-        # Built from the same modules, not with ``from_pipe``: that casts every shared module to its ``dtype``
-        # argument (default float32), which silently turned a resident fp16/bf16 pipeline into fp32.
-        p = StableDiffusionImg2ImgPipeline(**pipe.components, requires_safety_checker=False)
-        p.set_progress_bar_config(disable=True)
-        _IMG2IMG[pipe] = p
-    p.scheduler = pipe.scheduler
-    return p
-
-
-def encode_text(pipe: Any, texts: Sequence[str]) -> torch.Tensor:
-    """CLIP hidden states for ``texts`` (as the SD pipeline computes them, without clip-skip)."""
-    tok, te = pipe.tokenizer, pipe.text_encoder
-    enc = tok(list(texts), padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt")
-    mask = enc.attention_mask.to(te.device) if getattr(te.config, "use_attention_mask", False) else None
-    with torch.no_grad():
-        out = te(enc.input_ids.to(te.device), attention_mask=mask)[0]
-    return out.to(dtype=te.dtype)
-
-
-def _noise(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    # CPU generators: the same seed gives the same image on any device.
-    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed), dtype=torch.float32)
-
-
-def model_name(pipe: Any) -> str:
-    ref = getattr(pipe, "name_or_path", None) or pipe.config.get("_name_or_path", "") or "unknown"
-    return Path(str(ref)).name if Path(str(ref)).exists() else str(ref)  # never leak local paths
-
-
-# --- safety and metadata ---------------------------------------------------------------------------------------
-def check_safety(pipe: Any, images: list[Image.Image], checker: Any = None) -> tuple[list[Image.Image], list[bool]]:
-    """Run the safety checker: ``checker`` False = off; a callable(images) -> flags; else the pipeline's own."""
-    flags = [False] * len(images)
-    if checker is False:
-        return images, flags
-    if callable(checker) and not isinstance(checker, torch.nn.Module):
-        flags = [bool(f) for f in checker(images)]
-    else:
-        model = checker if isinstance(checker, torch.nn.Module) else getattr(pipe, "safety_checker", None)
-        fe = getattr(pipe, "feature_extractor", None)
-        if model is None or fe is None:
-            return images, flags
-        p = next(model.parameters())
-        inp = fe(images, return_tensors="pt").pixel_values.to(p.device, p.dtype)
-        arr = np.stack([np.asarray(im, np.float32) / 255.0 for im in images])
-        with torch.no_grad():
-            _, found = model(images=arr, clip_input=inp)
-        flags = [bool(f) for f in found]
-    return [Image.new("RGB", im.size) if f else im for im, f in zip(images, flags, strict=True)], flags
-
-
-def a1111_parameters(prompt: str, negative: str, *, steps: int, cfg: float, seed: int, size: tuple[int, int],
-                     model: str, sampler: str = SAMPLER_NAME, extra: dict[str, Any] | None = None) -> str:
-    """The ``parameters`` text A1111 writes (and reads back: "PNG Info")."""
-    fields = {"Steps": steps, "Sampler": sampler, "CFG scale": cfg, "Seed": seed,
-              "Size": f"{size[0]}x{size[1]}", "Model": model, **(extra or {}),
-              "Version": f"KitBooth {__version__}"}
-    line = ", ".join(f"{k}: {v}" for k, v in fields.items())
-    return f"{prompt}\nNegative prompt: {negative}\n{line}"
-
-
-_XMP = (
-    '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
-    '<rdf:Description rdf:about="" xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" '
-    'xmlns:xmp="http://ns.adobe.com/xap/1.0/" Iptc4xmpExt:DigitalSourceType="{src}" xmp:CreatorTool="KitBooth {v}"/>'
-    "</rdf:RDF></x:xmpmeta>"
-)
-
-
-def png_bytes(image: Image.Image, parameters: str) -> bytes:
-    """PNG with A1111's ``parameters`` chunk and a machine-readable "AI generated" mark."""
-    info = PngInfo()
-    info.add_text("parameters", parameters)
-    info.add_text("Software", f"KitBooth {__version__}")
-    info.add_text("ai_generated", "true")
-    info.add_itxt("DigitalSourceType", IPTC_TRAINED_ALGORITHMIC)
-    info.add_itxt("XML:com.adobe.xmp", _XMP.replace("{src}", IPTC_TRAINED_ALGORITHMIC).replace("{v}", __version__))
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", pnginfo=info)
-    return buf.getvalue()
-
-
-# --- generation ----------------------------------------------------------------------------------------------------
 def _groups(requests: list[GenerationRequest], composer: Composer) -> list[list[int]]:
+    """Request indices per pipeline call: equal batch keys, split where the TI slot pool would run out."""
     by_key: dict[tuple, list[list[int]]] = {}
     for i, r in enumerate(requests):
         buckets = by_key.setdefault(r.batch_key(), [[]])
@@ -255,10 +70,6 @@ def _groups(requests: list[GenerationRequest], composer: Composer) -> list[list[
             buckets.append(cur)
         cur.append(i)
     return [g for buckets in by_key.values() for g in buckets]
-
-
-def _steps_run(r: GenerationRequest) -> int:
-    return max(1, int(r.steps * r.strength)) if r.init_image is not None else r.steps
 
 
 def generate(
@@ -292,34 +103,45 @@ def generate(
     use_dpm_solver(pipe)
     pipe.set_progress_bar_config(disable=True)
     groups = _groups(requests, composer)
-    total = sum(_steps_run(requests[g[0]]) for g in groups)
+    total = sum(requests[g[0]].denoising_steps for g in groups)
     done = 0
     name = model or model_name(pipe)
     results: list[list[GeneratedImage]] = [[] for _ in requests]
     for g in groups:
         if should_stop is not None and should_stop():
             raise JobCancelled("cancelled")
-        outs = _run_group(
-            pipe, composer, [requests[i] for i in g], g, done=done, total=total, progress=progress,
-            request_progress=request_progress, preview_every_s=preview_every_s, should_stop=should_stop,
-            safety_checker=safety_checker, upscaler=upscaler, upscale_steps=upscale_steps, model=name,
-        )
+        reqs = [requests[i] for i in g]
+        on_step = _step_callback(reqs, g, done=done, total=total, progress=progress,
+                                 request_progress=request_progress, preview_every_s=preview_every_s,
+                                 should_stop=should_stop)
+        t0 = time.perf_counter()
+        with composer.compose([r.concepts for r in reqs]) as comp:
+            built = [build_request_prompt(r, pipe.tokenizer) for r in reqs]
+            latents = _denoise(pipe, comp, reqs, built, on_step)
+        t_denoise = time.perf_counter() - t0
+        outs = _finish(pipe, reqs, built, latents, safety_checker=safety_checker, upscaler=upscaler,
+                       upscale_steps=upscale_steps, model=name)
+        log.info("generated %d images for %d requests in %.2f s (denoise %.2f s)", len(latents), len(reqs),
+                 time.perf_counter() - t0, t_denoise)
         for i, out in zip(g, outs, strict=True):
             results[i] = out
-        done += _steps_run(requests[g[0]])
+        done += reqs[0].denoising_steps
     return results
 
 
-def _run_group(pipe: Any, composer: Composer, reqs: list[GenerationRequest], global_idx: list[int], *, done: int,
-               total: int, progress: Progress | None, request_progress: RequestProgress | None,
-               preview_every_s: float, should_stop: Callable[[], bool] | None, safety_checker: Any,
-               upscaler: Any, upscale_steps: int, model: str) -> list[list[GeneratedImage]]:
-    r0 = reqs[0]
-    rows = [i for i, r in enumerate(reqs) for _ in range(r.count)]
-    seeds = [s for r in reqs for s in r.seeds]
-    t0 = time.perf_counter()
-    last_preview = [-1e9]
+def _rows(reqs: list[GenerationRequest]) -> list[int]:
+    """The request each image row of a call belongs to (a request's ``count`` images are adjacent)."""
+    return [i for i, r in enumerate(reqs) for _ in range(r.count)]
+
+
+def _step_callback(reqs: list[GenerationRequest], global_idx: list[int], *, done: int, total: int,
+                   progress: Progress | None, request_progress: RequestProgress | None, preview_every_s: float,
+                   should_stop: Callable[[], bool] | None) -> Callable[..., dict[str, Any]]:
+    """diffusers' ``callback_on_step_end``: cancel between steps, count steps over all calls, and make previews
+    only every ``preview_every_s`` (a preview costs a little on every step it is made)."""
+    rows = _rows(reqs)
     cols = max(r.count for r in reqs)
+    last_preview = [-1e9]
 
     def on_step(p: Any, i: int, t: Any, kw: dict[str, Any]) -> dict[str, Any]:
         if should_stop is not None and should_stop():
@@ -347,40 +169,53 @@ def _run_group(pipe: Any, composer: Composer, reqs: list[GenerationRequest], glo
                 request_progress(global_idx[ri], step, total, img)
         return kw
 
-    with composer.compose([r.concepts for r in reqs]) as comp:
-        built = [build_request_prompt(r, pipe.tokenizer) for r in reqs]
-        comp.set_rows(text=range(len(reqs)))
-        pos = encode_text(pipe, [comp.rewrite(i, b.text) for i, b in enumerate(built)])
-        neg = encode_text(pipe, [comp.rewrite(i, b.negative) for i, b in enumerate(built)])
-        index = torch.tensor(rows, device=pos.device)
-        pos, neg = pos.index_select(0, index), neg.index_select(0, index)
-        comp.set_rows(unet=rows)
-        common = dict(
-            prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=r0.steps,
-            guidance_scale=r0.guidance, output_type="latent", callback_on_step_end=on_step,
-            callback_on_step_end_tensor_inputs=["latents"],
-        )
-        with torch.no_grad():
-            if r0.init_image is not None:
-                gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-                images = [reqs[i].init_image.convert("RGB").resize((r0.width, r0.height)) for i in rows]
-                out = _img2img(pipe)(image=images, strength=r0.strength, generator=gens, **common)
-            else:
-                shape = (1, pipe.unet.config.in_channels, r0.height // pipe.vae_scale_factor,
-                         r0.width // pipe.vae_scale_factor)
-                latents = torch.cat([_noise(s, shape) for s in seeds]).to(pipe.unet.device, pos.dtype)
-                out = pipe(height=r0.height, width=r0.width, latents=latents, **common)
-        latents = out.images
-    t_denoise = time.perf_counter() - t0
-    pil = _decode(pipe, latents)
+    return on_step
+
+
+def _denoise(pipe: Any, comp: Composition, reqs: list[GenerationRequest], built: list[BuiltPrompt],
+             on_step: Callable[..., dict[str, Any]]) -> torch.Tensor:
+    """One pipeline call for the whole group, inside its composition; returns the final latents."""
+    r0 = reqs[0]
+    rows = _rows(reqs)
+    seeds = [s for r in reqs for s in r.seeds]
+    comp.set_rows(text=range(len(reqs)))
+    pos = encode_text(pipe, [comp.rewrite(i, b.text) for i, b in enumerate(built)])
+    neg = encode_text(pipe, [comp.rewrite(i, b.negative) for i, b in enumerate(built)])
+    index = torch.tensor(rows, device=pos.device)
+    pos, neg = pos.index_select(0, index), neg.index_select(0, index)
+    comp.set_rows(unet=rows)
+    common = dict(
+        prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=r0.schedule_steps,
+        guidance_scale=r0.guidance, output_type="latent", callback_on_step_end=on_step,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
+    with torch.no_grad():
+        if r0.init_image is not None:
+            gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+            images = [reqs[i].init_image.convert("RGB").resize((r0.width, r0.height)) for i in rows]
+            out = img2img(pipe)(image=images, strength=r0.strength, generator=gens, **common)
+        else:
+            shape = (1, pipe.unet.config.in_channels, r0.height // pipe.vae_scale_factor,
+                     r0.width // pipe.vae_scale_factor)
+            latents = torch.cat([initial_noise(s, shape) for s in seeds]).to(pipe.unet.device, pos.dtype)
+            out = pipe(height=r0.height, width=r0.width, latents=latents, **common)
+    return out.images
+
+
+def _finish(pipe: Any, reqs: list[GenerationRequest], built: list[BuiltPrompt], latents: torch.Tensor, *,
+            safety_checker: Any, upscaler: Any, upscale_steps: int, model: str) -> list[list[GeneratedImage]]:
+    """Decode, upscale where asked, safety-check and write each PNG with its metadata."""
+    rows = _rows(reqs)
+    seeds = [s for r in reqs for s in r.seeds]
+    pil = decode(pipe, latents)
     upscaled = [False] * len(rows)
     want_up = [j for j, ri in enumerate(rows) if reqs[ri].upscale]
     if want_up and upscaler is None:
         log.info("upscale requested but no upscaler is configured: returning base size")
     elif want_up:
         for j in want_up:
-            ri = rows[j]
-            pil[j] = _latent_upscale(upscaler, latents[j : j + 1], plain_text(built[ri].text), seeds[j], upscale_steps)
+            text = plain_text(built[rows[j]].text)
+            pil[j] = latent_upscale(upscaler, latents[j : j + 1], text, seeds[j], upscale_steps)
             upscaled[j] = True
     pil, flags = check_safety(pipe, pil, safety_checker)
     results: list[list[GeneratedImage]] = [[] for _ in reqs]
@@ -390,50 +225,14 @@ def _run_group(pipe: Any, composer: Composer, reqs: list[GenerationRequest], glo
         if r.init_image is not None:
             extra["Denoising strength"] = r.strength
         if upscaled[j]:
-            extra.update({"Hires upscale": 2, "Hires upscaler": "Latent (sd-x2-latent-upscaler)"})
-        params = a1111_parameters(b.text, b.negative, steps=r.steps, cfg=r.guidance, seed=seeds[j],
+            extra.update({"Hires upscale": 2, "Hires upscaler": _LATENT_UPSCALER})
+        params = a1111_parameters(b.text, b.negative, steps=r.schedule_steps, cfg=r.guidance, seed=seeds[j],
                                   size=pil[j].size, model=model, extra=extra)
         results[ri].append(GeneratedImage(
             image=pil[j], seed=seeds[j], prompt=b.text, negative=b.negative, png=png_bytes(pil[j], params),
             nsfw=flags[j], upscaled=upscaled[j], parameters=params, notice=b.notice,
         ))
-    log.info("generated %d images for %d requests in %.2f s (denoise %.2f s)", len(rows), len(reqs),
-             time.perf_counter() - t0, t_denoise)
     return results
-
-
-def _decode(pipe: Any, latents: torch.Tensor, chunk: int = 4) -> list[Image.Image]:
-    out: list[Image.Image] = []
-    vae = pipe.vae
-    with torch.no_grad():
-        for k in range(0, latents.shape[0], chunk):
-            lat = latents[k : k + chunk].to(vae.device, vae.dtype) / vae.config.scaling_factor
-            img = vae.decode(lat, return_dict=False)[0]
-            out.extend(pipe.image_processor.postprocess(img, output_type="pil"))
-    return out
-
-
-def _latent_upscale(upscaler: Any, latents: torch.Tensor, prompt: str, seed: int, steps: int) -> Image.Image:
-    upscaler.set_progress_bar_config(disable=True)
-    with torch.no_grad():
-        return upscaler(prompt=[prompt], image=latents, num_inference_steps=steps, guidance_scale=0.0,
-                        generator=torch.Generator("cpu").manual_seed(seed)).images[0]
-
-
-# --- result buttons -------------------------------------------------------------------------------------------------
-def vary(request: GenerationRequest, image: Image.Image, *, strength: float = 0.35, seed: int | None = None,
-         count: int | None = None) -> GenerationRequest:
-    """A request for variations of ``image``: img2img at ``strength`` with the same prompt and concepts.
-
-    Keeps the composition and identity of the picked image and changes details. The seed defaults to a
-    different one derived from the request's (so "vary" twice gives different variations only if the caller
-    passes new seeds).
-    """
-    return dataclasses.replace(
-        request, init_image=image, strength=strength,
-        seed=seed if seed is not None else (request.seed + 7919) % MAX_SEED,
-        count=count or request.count, upscale=False,
-    )
 
 
 def upscale(pipe: Any, image: Image.Image, *, upscaler: Any = None, prompt: str = "", seed: int = 0,
@@ -448,7 +247,7 @@ def upscale(pipe: Any, image: Image.Image, *, upscaler: Any = None, prompt: str 
         with torch.no_grad():
             t = pipe.image_processor.preprocess(image).to(vae.device, vae.dtype)
             lat = vae.encode(t).latent_dist.mode() * vae.config.scaling_factor
-        out, method = _latent_upscale(upscaler, lat, text, seed, steps), "Latent (sd-x2-latent-upscaler)"
+        out, method = latent_upscale(upscaler, lat, text, seed, steps), _LATENT_UPSCALER
     (out,), (flag,) = check_safety(pipe, [out], safety_checker)
     params = (f"{text}\nUpscale: 2, Upscaler: {method}, Seed: {seed}, Size: {out.width}x{out.height}, "
               f"Model: {model or model_name(pipe)}, Version: KitBooth {__version__}")

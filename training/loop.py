@@ -17,33 +17,39 @@ process-wide RNGs do not matter to the result.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import torch
+from diffusers import DDPMScheduler
 from PIL import Image
 
+from kitbooth import __version__
 from training import checkpoint as ckpt
+from training.artifact import ConceptArtifact
+from training.caption_embeddings import CaptionEmbeddings
 from training.config import TrainConfig
-from training.data import (
-    TokenizedCaption,
-    expand_captions,
-    images_to_tensor,
-    loss_weights,
-    mask_resize,
-    square_resize,
-    tokenize_caption,
-)
+from training.data import expand_captions, mask_resize, square_resize
 from training.lora import LoraParams
-from training.pivotal import Phase, learning_rates, phase_at
+from training.pivotal import learning_rates, phase_at
 from training.textual_inversion import TokenVectors
+from training.train_pipeline import training_mode
+from training.train_step import (
+    Batch,
+    amp_dtype,
+    apply_gradients,
+    autocast,
+    encode_latents,
+    sample_batch,
+    set_learning_rates,
+    weighted_loss,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +63,6 @@ class Progress:
     total: int
     loss: float
     eta_seconds: float
-
-
-@dataclass
-class _Batch:
-    index: torch.Tensor  # (B,) sample indices into the cached latents
-    captions: list[str]
-    noise: torch.Tensor
-    timesteps: torch.Tensor
 
 
 class Trainer:
@@ -112,9 +110,7 @@ class Trainer:
         self._latents: torch.Tensor | None = None  # (M, 4, h, w) fp32 CPU
         self._weights: torch.Tensor | None = None  # (M, 1, h, w)
         self._sample_image: list[int] = []  # sample -> image index (captions)
-        self._fixed: _Batch | None = None
-        self._text_cache: dict[str, torch.Tensor] = {}
-        self._token_cache: dict[str, TokenizedCaption] = {}
+        self._fixed: Batch | None = None
 
         init_gen = torch.Generator().manual_seed(config.seed)
         self._gen = torch.Generator().manual_seed(config.seed + 1)
@@ -130,16 +126,15 @@ class Trainer:
         if config.uses_text_lora:
             self.text_lora = LoraParams(pipe.text_encoder, config.text_targets, config.rank, config.lora_alpha,
                                         generator=init_gen, device=self.device)
+        self._text = CaptionEmbeddings(pipe.tokenizer, pipe.text_encoder, config.tokens, self.ti, self.device)
         self._groups = self._param_groups()
         self.optimizer = torch.optim.AdamW(
             [{"params": ps, "name": name, "weight_decay": 0.0 if name == "ti" else config.weight_decay, "lr": 0.0}
              for name, ps in self._groups.items()],
             lr=0.0, betas=(0.9, 0.999), eps=1e-8,
         )
-        self._amp_dtype = _amp_dtype(config, self.device, pipe.unet.dtype)
+        self._amp_dtype = amp_dtype(config, self.device, pipe.unet.dtype)
         self.scaler = torch.amp.GradScaler(self.device.type) if self._amp_dtype == torch.float16 else None
-
-        from diffusers import DDPMScheduler
 
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         acp = self.noise_scheduler.alphas_cumprod.float()
@@ -246,15 +241,12 @@ class Trainer:
         self._sample_image = list(state["sample_image"])
         self._captions = json.loads(state["captions"])
         f = state["fixed"]
-        self._fixed = None if f is None else _Batch(f["index"], list(f["captions"]), f["noise"], f["timesteps"])
-        self._text_cache.clear()
+        self._fixed = None if f is None else Batch(f["index"], list(f["captions"]), f["noise"], f["timesteps"])
+        self._text.clear()
         self._step = int(state["step"])
 
-    def artifact(self):
+    def artifact(self) -> ConceptArtifact:
         """The concept trained so far, as a ``ConceptArtifact`` (fp32 CPU tensors)."""
-        from kitbooth import __version__
-        from training.artifact import ConceptArtifact
-
         c = self.config
         return ConceptArtifact(
             kind=c.kind, method=c.method, base_model=self.base_model_id,
@@ -272,7 +264,7 @@ class Trainer:
     def close(self) -> None:
         """Release the trainer's tensors. The pipeline is already restored (it is only modified inside run())."""
         self._closed = True
-        self._text_cache.clear()
+        self._text.clear()
         self.optimizer.state.clear()
 
     def __enter__(self) -> Trainer:
@@ -302,76 +294,20 @@ class Trainer:
             out.update({f"text.{k}": v for k, v in self.text_lora.named_tensors().items()})
         return out
 
-    def _autocast(self):
-        if self._amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self._amp_dtype)
-
     def _ensure_latents(self) -> None:
-        """Encode every crop and its mirror image once (VAE mean × scaling factor), plus latent-size weights."""
         if self._latents is not None:
             return
         if not self._images:
             raise ValueError("no training images (and no checkpoint to resume from)")
-        vae = self.pipe.vae
-        pixels = images_to_tensor(self._images)
-        latent_size = self.config.resolution // self.pipe.vae_scale_factor
-        weights = loss_weights(self._masks, latent_size, self.config.mask_outside_weight,
-                               enabled=self.config.masked_loss)
-        if self.config.mirror:
-            pixels = torch.cat([pixels, pixels.flip(3)])
-            weights = torch.cat([weights, weights.flip(3)])
-        out = []
-        with torch.no_grad(), self._autocast():
-            for chunk in pixels.split(self.config.batch_size):
-                dist = vae.encode(chunk.to(self.device, vae.dtype)).latent_dist
-                out.append((dist.mean * vae.config.scaling_factor).float().cpu())
-        self._latents, self._weights = torch.cat(out), weights
-        n = len(self._images)
-        self._sample_image = [i % n for i in range(len(pixels))]
+        self._latents, self._weights, self._sample_image = encode_latents(
+            self.pipe, self._images, self._masks, self.config, self.device, self._amp_dtype)
 
-    def _tokens(self, caption: str) -> TokenizedCaption:
-        tok = self._token_cache.get(caption)
-        if tok is None:
-            tok = tokenize_caption(
-                self.pipe.tokenizer, caption, trigger_words=self.config.tokens,
-                num_slots=self.ti.num_vectors if self.ti is not None else 0,
-                stand_in_id=self.ti.stand_in_id if self.ti is not None else 0,
-            )
-            self._token_cache[caption] = tok
-        return tok
-
-    def _encode(self, captions: list[str]) -> torch.Tensor:
-        toks = [self._tokens(c) for c in captions]
-        ids = torch.tensor([t.ids for t in toks], device=self.device)
-        if self.ti is None:
-            return self.pipe.text_encoder(ids)[0]
-        slots = torch.tensor([t.slots for t in toks], device=self.device)
-        return self.ti.encode(self.pipe.text_encoder, ids, slots)
-
-    def _text_embeddings(self, captions: list[str], phase: Phase) -> torch.Tensor:
-        if not phase.text_frozen:
-            return self._encode(captions)
-        missing = [c for c in dict.fromkeys(captions) if c not in self._text_cache]
-        if missing:
-            with torch.no_grad():
-                for cap, emb in zip(missing, self._encode(missing), strict=True):
-                    self._text_cache[cap] = emb
-        return torch.stack([self._text_cache[c] for c in captions])
-
-    def _sample(self) -> _Batch:
+    def _sample(self) -> Batch:
         if self._fixed is not None:
             return self._fixed
         assert self._latents is not None
-        g, bs = self._gen, self.config.batch_size
-        index = torch.randint(0, len(self._latents), (bs,), generator=g)
-        captions = []
-        for i in index.tolist():
-            variants = self._captions[self._sample_image[i]]
-            captions.append(variants[int(torch.randint(0, len(variants), (1,), generator=g))])
-        noise = torch.randn((bs, *self._latents.shape[1:]), generator=g)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (bs,), generator=g)
-        batch = _Batch(index, captions, noise, timesteps)
+        batch = sample_batch(self._gen, self._latents, self._captions, self._sample_image, self.config.batch_size,
+                             self.noise_scheduler.config.num_train_timesteps)
         if self.config.overfit_fixed_batch:
             self._fixed = batch
         return batch
@@ -380,107 +316,30 @@ class Trainer:
         assert self._latents is not None and self._weights is not None
         cfg = self.config
         phase = phase_at(cfg, self._step)
-        lrs = learning_rates(cfg, self._step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lrs[group["name"]]
-            for p in group["params"]:
-                p.requires_grad_(lrs[group["name"]] > 0)
-
+        set_learning_rates(self.optimizer, learning_rates(cfg, self._step))
         b = self._sample()
         latents = self._latents[b.index].to(self.device)
         weights = self._weights[b.index].to(self.device)
         noise = b.noise.to(self.device)
         t = b.timesteps.to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, t)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, t)
-        else:
-            target = noise
-
-        with self._autocast():
-            enc = self._text_embeddings(b.captions, phase)
+        v_prediction = self.noise_scheduler.config.prediction_type == "v_prediction"
+        target = self.noise_scheduler.get_velocity(latents, noise, t) if v_prediction else noise
+        with autocast(self.device, self._amp_dtype):
+            enc = self._text(b.captions, text_frozen=phase.text_frozen)
             pred = self.pipe.unet(noisy, t, enc, return_dict=False)[0]
-        err = (pred.float() - target.float()) ** 2 * weights
-        per_sample = err.mean(dim=(1, 2, 3)) / weights.mean(dim=(1, 2, 3))
-        if cfg.snr_gamma is not None:
-            snr = self._snr[b.timesteps]
-            w = torch.clamp(snr, max=cfg.snr_gamma) / snr
-            if self.noise_scheduler.config.prediction_type == "v_prediction":
-                w = torch.clamp(snr, max=cfg.snr_gamma) / (snr + 1)
-            per_sample = per_sample * w.to(per_sample.device)
-        loss = per_sample.mean()
-
-        self.optimizer.zero_grad(set_to_none=True)
-        trainable = [p for g in self.optimizer.param_groups for p in g["params"] if p.requires_grad]
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-            self.optimizer.step()
+        loss = weighted_loss(pred, target, weights, self._snr[b.timesteps], cfg.snr_gamma, v_prediction)
+        apply_gradients(self.optimizer, loss, self.scaler, cfg.max_grad_norm)
         return float(loss.detach())
 
-    @contextlib.contextmanager
-    def _attached(self) -> Iterator[None]:
-        """Everything ``run()`` changes on the resident pipeline, undone in ``finally``."""
-        pipe, cfg = self.pipe, self.config
-        modules = [m for m in (pipe.unet, pipe.text_encoder, pipe.vae) if m is not None]
-        grads = [(p, p.requires_grad) for m in modules for p in m.parameters()]
-        cuda = self.device.type == "cuda"
-        tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        had_ckpt = bool(getattr(pipe.unet, "is_gradient_checkpointing", False))
-        processors = None
-        try:
-            with contextlib.ExitStack() as stack:
-                try:
-                    for m in modules:
-                        m.requires_grad_(False)
-                    if self.unet_lora is not None:
-                        stack.enter_context(self.unet_lora.attached(pipe.unet))
-                    if self.text_lora is not None:
-                        stack.enter_context(self.text_lora.attached(pipe.text_encoder))
-                    if self.ti is not None:
-                        stack.enter_context(self.ti.attached(pipe.text_encoder))
-                    if cfg.gradient_checkpointing and not had_ckpt:
-                        pipe.unet.enable_gradient_checkpointing()
-                    if cuda and cfg.allow_tf32:
-                        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-                    if cuda and cfg.use_xformers and importlib.util.find_spec("xformers") is not None:
-                        processors = pipe.unet.attn_processors
-                        try:
-                            pipe.unet.enable_xformers_memory_efficient_attention()
-                        except Exception as exc:  # a broken/mismatched xformers build: PyTorch SDPA instead
-                            log.warning("xformers unavailable (%s); using PyTorch SDPA", exc)
-                    yield
-                finally:
-                    if processors is not None:
-                        pipe.unet.set_attn_processor(processors)
-                    if cfg.gradient_checkpointing and not had_ckpt:
-                        pipe.unet.disable_gradient_checkpointing()
-                    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
-                    # (the ExitStack detaches TI and LoRA after this block)
-        finally:
-            for p, flag in grads:
-                p.requires_grad_(flag)
-
-
-def _amp_dtype(config: TrainConfig, device: torch.device, weight_dtype: torch.dtype) -> torch.dtype | None:
-    """Autocast dtype. Half-precision resident weights always autocast in their own dtype, on any device (CUDA,
-    or a CPU pipeline loaded in bf16/fp16): the cached latents, noise and trainable tensors are fp32, and fp16
-    weights under bf16 autocast would still send fp16 gradients through the ops autocast leaves alone (without
-    a grad scaler). fp32 weights: on CUDA bf16/fp16 per config ('auto': bf16 where supported, else fp16), on
-    CPU none."""
-    if weight_dtype in (torch.float16, torch.bfloat16):
-        return weight_dtype
-    mp = config.mixed_precision
-    if device.type != "cuda" or mp == "no":
-        return None
-    if mp == "fp16":
-        return torch.float16
-    if mp == "bf16":
-        return torch.bfloat16
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    def _attached(self) -> AbstractContextManager[None]:
+        """Everything ``run()`` changes on the resident pipeline, undone on exit (see ``training.train_pipeline``)."""
+        pipe = self.pipe
+        attachments: list[AbstractContextManager] = []
+        if self.unet_lora is not None:
+            attachments.append(self.unet_lora.attached(pipe.unet))
+        if self.text_lora is not None:
+            attachments.append(self.text_lora.attached(pipe.text_encoder))
+        if self.ti is not None:
+            attachments.append(self.ti.attached(pipe.text_encoder))
+        return training_mode(pipe, self.config, self.device, attachments)

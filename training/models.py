@@ -126,7 +126,7 @@ def load_base_pipeline(
         log.warning("base model %s has no safety checker: set KITBOOTH_SAFETY_CHECKER_MODEL to enable one", ref)
     pipe = pipe.to(dev)
     _optimise(pipe, dev)
-    from training.generate import use_dpm_solver
+    from training.pipeline_calls import use_dpm_solver
 
     use_dpm_solver(pipe)
     log.info("base model %s loaded on %s/%s in %.2f s", ref, dev, dt, time.perf_counter() - t0)

@@ -59,8 +59,3 @@ class TokenVectors(nn.Module):
             return text_encoder(ids)[0]
         finally:
             self._slots = None
-
-
-def encode_plain(text_encoder, ids: torch.Tensor) -> torch.Tensor:
-    """Text embeddings without any placeholder (pure LoRA concepts)."""
-    return text_encoder(ids)[0]

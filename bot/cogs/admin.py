@@ -1,6 +1,6 @@
-"""/kitbooth settings (Manage Server): the daily image quota, which roles may train a face, NSFW per channel.
-
-Called without options it shows the current settings; every option given is applied, then the result shown.
+"""/kitbooth (Manage Server): ``settings`` — the daily image quota, which roles may train a face, NSFW per channel
+(without options it shows them; every option given is applied, then the result shown); ``cancel`` — stop a
+member's jobs in this server (through ``bot.cancel``, the one cancel path).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import catalogue
-from kitbooth.errors import InvalidInput
+from bot import cancel, catalogue
+from kitbooth.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from bot.app import KitBoothBot
@@ -133,6 +133,27 @@ class AdminCog(commands.Cog):
         await interaction.response.send_message(
             head, embed=render(new, services.settings.daily_quota, interaction.guild), ephemeral=True,
             allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+    @kitbooth.command(name="cancel", description="Cancel a member's queued and running jobs in this server.")
+    @app_commands.describe(member="Whose jobs to cancel", job="Only this job (its number, from /queue)")
+    async def cancel_jobs(self, interaction: discord.Interaction, member: discord.Member,
+                          job: app_commands.Range[int, 1] | None = None) -> None:
+        catalogue.require_manager(interaction)
+        services: Services = interaction.client.services  # type: ignore[attr-defined]
+        rows = [j for j in await services.db.active_jobs(member.id)
+                if j.guild_id == interaction.guild_id and (job is None or j.id == job)]
+        if not rows:
+            which = f"job {job}" if job is not None else "jobs"
+            raise NotFound(f"{member.display_name} has no queued or running {which} in this server — "
+                           "`/queue` shows a member's own jobs.")
+        report = await cancel.cancel_user(services, member.id, [j.id for j in rows], reason="cancelled by a moderator")
+        log.info("guild %s: %s cancelled %d job(s) of user %s", interaction.guild_id, interaction.user.id,
+                 report.cancelled, member.id)
+        await interaction.response.send_message(
+            f"🛑 Cancelled {report.cancelled} job{'s' * (report.cancelled != 1)} of {member.mention}: "
+            f"{len(report.removed)} removed from the queue, {len(report.aborting)} stopping at their next step.",
+            ephemeral=True, allowed_mentions=discord.AllowedMentions.none(),
         )
 
 

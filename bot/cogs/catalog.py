@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 import math
 from typing import TYPE_CHECKING
@@ -16,8 +17,9 @@ import discord
 from discord import app_commands, ui
 from discord.ext import commands
 
-from bot import catalogue, errors, imports, training_flow
+from bot import cancel, catalogue, errors, imports, training_flow
 from bot.catalogue import Kind, kit_autocomplete, style_autocomplete
+from kitbooth import limits
 from kitbooth.errors import InvalidInput, NotAllowed
 from storage import keys
 from storage.database import Kit
@@ -97,7 +99,7 @@ async def run_train(interaction: discord.Interaction, kind: Kind, name: str, des
                                   concept_id=started.concept.id, created_by=interaction.user.id)
     except Exception as exc:
         # The name was taken while the photos were checked: do not leave a training nobody can use.
-        await catalogue.cancel_concept_jobs(services, started.concept)
+        await cancel.cancel_concept(services, started.concept.id)
         await catalogue.delete_guild_concept(services, started.concept)
         raise InvalidInput(
             f"Another {kind} called `{name}` was added meanwhile; the training was cancelled.") from exc
@@ -172,7 +174,7 @@ async def import_entry(interaction: discord.Interaction, kind: Kind, name: str, 
         await catalogue._insert(db, interaction.guild_id, name, text, kind, interaction.user.id,
                                 concept_id=concept.id)
     except BaseException:
-        store.delete(key)
+        await asyncio.to_thread(store.delete, key)
         await db.delete_concept(concept.id)
         raise
     log.info("guild %s: %s %r imported (%s) by %s", interaction.guild_id, kind, name, info.summary(),
@@ -206,7 +208,7 @@ class CataloguePages(ui.View):
         self.prev.disabled = self.page == 0
         self.next.disabled = self.page >= self.pages - 1
 
-    def render(self) -> tuple[list[discord.Embed], list[discord.File]]:
+    async def render(self) -> tuple[list[discord.Embed], list[discord.File]]:
         chunk = self.entries[self.page * PAGE_SIZE:(self.page + 1) * PAGE_SIZE]
         embed = discord.Embed(title=self.title, colour=discord.Colour.green())
         if not chunk:
@@ -221,11 +223,11 @@ class CataloguePages(ui.View):
             if len(files) >= MAX_PREVIEWS or not k.preview_key:
                 continue
             try:
-                data = self.services.store.get_bytes(k.preview_key)
+                data = await asyncio.to_thread(self.services.store.get_bytes, k.preview_key)
             except Exception:
                 continue
             fname = f"preview-{k.id}.png"
-            files.append(discord.File(_bytes_io(data), filename=fname))
+            files.append(discord.File(io.BytesIO(data), filename=fname))
             embeds.append(discord.Embed(title=k.name).set_image(url=f"attachment://{fname}"))
         return embeds, files
 
@@ -239,7 +241,7 @@ class CataloguePages(ui.View):
 
     async def _show(self, interaction: discord.Interaction) -> None:
         self._sync_buttons()
-        embeds, files = self.render()
+        embeds, files = await self.render()
         await interaction.response.edit_message(embeds=embeds, attachments=files, view=self)
 
     @ui.button(label="◀ Prev", style=discord.ButtonStyle.secondary)
@@ -251,12 +253,6 @@ class CataloguePages(ui.View):
     async def next(self, interaction: discord.Interaction, button: ui.Button) -> None:
         self.page = min(self.pages - 1, self.page + 1)
         await self._show(interaction)
-
-
-def _bytes_io(data: bytes):
-    import io
-
-    return io.BytesIO(data)
 
 
 async def list_entries(interaction: discord.Interaction, kind: Kind, search: str | None) -> None:
@@ -274,7 +270,7 @@ async def list_entries(interaction: discord.Interaction, kind: Kind, search: str
     guild_name = interaction.guild.name if interaction.guild else "this server"
     title = f"{'Kits' if kind == 'kit' else 'Styles'} of {guild_name}" + (f" matching “{search}”" if search else "")
     view = CataloguePages(services, interaction.user.id, kind, title, entries, concepts)
-    embeds, files = view.render()
+    embeds, files = await view.render()
     kwargs = {"embeds": embeds, "ephemeral": True}
     if view.pages > 1:
         kwargs["view"] = view
@@ -292,22 +288,22 @@ def make_group(kind: Kind) -> app_commands.Group:
     @group.command(name="add", description=f"Add a {kind} described in words — usable at once.")
     @app_commands.describe(name=f"Short name, e.g. {'Liverpool home' if kind == 'kit' else 'Comic book'}",
                            description=f"Words for the prompt, e.g. {EXAMPLES[kind]}")
-    async def add(interaction: discord.Interaction, name: app_commands.Range[str, 1, 40],
-                  description: app_commands.Range[str, 1, 300]) -> None:
+    async def add(interaction: discord.Interaction, name: app_commands.Range[str, 1, limits.NAME_CHARS],
+                  description: app_commands.Range[str, 1, limits.DESCRIPTION_CHARS]) -> None:
         await add_entry(interaction, kind, name, description)
 
     @group.command(name="edit", description=f"Change the words of a {kind}.")
     @app_commands.describe(name=f"The {kind} to change", description="The new words for the prompt")
     @app_commands.autocomplete(name=auto)
-    async def edit(interaction: discord.Interaction, name: app_commands.Range[str, 1, 40],
-                   description: app_commands.Range[str, 1, 300]) -> None:
+    async def edit(interaction: discord.Interaction, name: app_commands.Range[str, 1, limits.NAME_CHARS],
+                   description: app_commands.Range[str, 1, limits.DESCRIPTION_CHARS]) -> None:
         await edit_entry(interaction, kind, name, description)
 
     @group.command(name="train", description=f"Teach KitBooth a {kind} from 1-10 photos.")
     @app_commands.describe(name=f"Name of the new {kind}", description="Words for the prompt (optional)",
                            photo1="A photo (leave all empty to get an upload form)")
-    async def train(interaction: discord.Interaction, name: app_commands.Range[str, 1, 40],
-                    description: app_commands.Range[str, 1, 300] | None = None,
+    async def train(interaction: discord.Interaction, name: app_commands.Range[str, 1, limits.NAME_CHARS],
+                    description: app_commands.Range[str, 1, limits.DESCRIPTION_CHARS] | None = None,
                     photo1: discord.Attachment | None = None, photo2: discord.Attachment | None = None,
                     photo3: discord.Attachment | None = None, photo4: discord.Attachment | None = None,
                     photo5: discord.Attachment | None = None) -> None:
@@ -316,15 +312,15 @@ def make_group(kind: Kind) -> app_commands.Group:
     @group.command(name="import", description=f"Import a {kind} from an SD 1.5 .safetensors LoRA or embedding.")
     @app_commands.describe(name=f"Name of the new {kind}", file="A .safetensors LoRA or embedding for SD 1.5",
                            description="Words for the prompt (optional)")
-    async def import_(interaction: discord.Interaction, name: app_commands.Range[str, 1, 40],
+    async def import_(interaction: discord.Interaction, name: app_commands.Range[str, 1, limits.NAME_CHARS],
                       file: discord.Attachment,
-                      description: app_commands.Range[str, 1, 300] | None = None) -> None:
+                      description: app_commands.Range[str, 1, limits.DESCRIPTION_CHARS] | None = None) -> None:
         await import_entry(interaction, kind, name, file, description)
 
     @group.command(name="remove", description=f"Remove a {kind} (and its trained file) from this server.")
     @app_commands.describe(name=f"The {kind} to remove")
     @app_commands.autocomplete(name=auto)
-    async def remove(interaction: discord.Interaction, name: app_commands.Range[str, 1, 40]) -> None:
+    async def remove(interaction: discord.Interaction, name: app_commands.Range[str, 1, limits.NAME_CHARS]) -> None:
         await remove_entry(interaction, kind, name)
 
     return group

@@ -1,6 +1,6 @@
 """/generate: pictures of you (your own trained face, always) in a kit and a style from this server's catalogue.
 
-Validation happens first and is fast (SQLite and regexes, no REST): a refusal is an ephemeral reply. Then the
+Validation happens first and is fast (``bot.generate_request``): a refusal is an ephemeral reply. Then the
 interaction is deferred (public: the worker puts the images in that message), the job row is written, the
 payload is enqueued and the reply shows the queue position.
 """
@@ -8,168 +8,20 @@ payload is enqueued and the reply shows the queue position.
 from __future__ import annotations
 
 import logging
-import re
-import secrets
-import unicodedata
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import catalogue, jobs, quotas
-from gpu_worker import contract
-from kitbooth.errors import InvalidInput, NotFound
-from storage import keys
-from training.prompts import find_reserved
+from bot import catalogue, jobs
+from bot.generate_request import describe, enqueue_generate, prepare_request
+from kitbooth import limits
 
 if TYPE_CHECKING:
     from bot.app import KitBoothBot
-    from bot.services import Services
-    from storage.database import Concept
 
 log = logging.getLogger(__name__)
-
-MAX_PROMPT_CHARS = 300
-SHAPES: dict[str, tuple[int, int]] = {"square": (512, 512), "portrait": (512, 768), "landscape": (768, 512)}
-NO_FACE = "You haven't trained your face yet — run /train with 4-10 selfies."
-FACE_TRAINING = "Your face is still being learned — I'll post when it's ready; then try /generate again."
-
-_WORD = re.compile(r"[\w\-]+", re.UNICODE)
-
-
-async def validate_prompt(services: Services, user_id: int, prompt: str) -> str:
-    prompt = " ".join((prompt or "").split())
-    if not prompt:
-        raise InvalidInput("Describe the picture, e.g. `celebrating a goal in a packed stadium`.")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidInput(f"That prompt is {len(prompt)} characters — keep it under {MAX_PROMPT_CHARS}.")
-    reserved = find_reserved(prompt) or find_reserved(unicodedata.normalize("NFKC", prompt))
-    if reserved:
-        shown = ", ".join(f"`{t}`" for t in reserved[:3])
-        raise InvalidInput(f"Your prompt contains reserved token(s) {shown} — remove them. Your face, kit and "
-                           "style are added for you.")
-    words = {w.lower() for w in _WORD.findall(prompt)}
-    owners = await services.db.trigger_token_owners(words)
-    # A trigger can be shared (every pure-LoRA face is "ohwx"): one's own trigger is never someone else's.
-    own = {t.lower() for c in await services.db.list_concepts(owner_id=user_id, kind="face")
-           for t in c.trigger_tokens} if owners else set()
-    if any(owner != user_id and tok not in own for tok, owner in owners.items()):
-        raise InvalidInput("Your prompt contains another member's trigger word. You can only generate "
-                           "pictures of yourself — remove it.")
-    return prompt
-
-
-async def require_own_face(services: Services, user_id: int) -> Concept:
-    """The requester's own ready face concept — the only face a request can ever use."""
-    face = await services.db.ready_face(user_id)
-    if face is not None and face.artifact_key:
-        return face
-    pending = await services.db.list_concepts(owner_id=user_id, kind="face")
-    if any(c.status in ("pending", "training") for c in pending):
-        raise NotFound(FACE_TRAINING)
-    raise NotFound(NO_FACE)
-
-
-async def concept_ref(services: Services, concept: Concept) -> contract.ConceptRef:
-    assert concept.artifact_key
-    sha = await services.db.concept_sha256(concept.id) or ""
-    return contract.ConceptRef(key=concept.artifact_key, kind=concept.kind, sha256=sha)
-
-
-@dataclass(frozen=True)
-class CatalogueChoice:
-    name: str
-    words: str
-    concept: contract.ConceptRef | None
-
-
-async def resolve_entry(services: Services, guild_id: int, name: str, kind: Literal["kit", "style"]
-                        ) -> CatalogueChoice:
-    r = await catalogue.resolve(services.db, guild_id, name, kind)
-    return CatalogueChoice(r.kit.name, r.words, r.concept)
-
-
-def nsfw_allowed(policy: dict[str, str], channel: Any) -> bool:
-    """Guild policy per channel ("allow" / "block"); unset: allowed only in channels Discord marks NSFW."""
-    setting = policy.get(str(getattr(channel, "id", "")))
-    if setting is not None:
-        return setting == "allow"
-    is_nsfw = getattr(channel, "is_nsfw", None)
-    return bool(is_nsfw()) if callable(is_nsfw) else False
-
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    prompt: str
-    count: int
-    seed: int
-    width: int
-    height: int
-    kit: CatalogueChoice | None
-    style: CatalogueChoice | None
-    allow_nsfw: bool
-
-
-async def prepare_request(
-    services: Services, interaction: discord.Interaction, *, prompt: str, kit: str | None, style: str | None,
-    count: int, seed: int | None, shape: str,
-) -> tuple[GenerateRequest, Concept]:
-    """Every check of /generate; raises a ``UserFacingError`` on the first failure. No REST calls."""
-    user_id, guild_id = interaction.user.id, interaction.guild_id
-    assert guild_id is not None
-    prompt = await validate_prompt(services, user_id, prompt)
-    face = await require_own_face(services, user_id)
-    await catalogue.ensure_seeded(services.db, guild_id)
-    kit_choice = await resolve_entry(services, guild_id, kit, "kit") if kit else None
-    style_choice = await resolve_entry(services, guild_id, style, "style") if style else None
-    await quotas.check_image_request(services, user_id, guild_id, count)
-    gs = await services.db.guild_settings(guild_id)
-    width, height = SHAPES.get(shape, SHAPES["square"])
-    return GenerateRequest(
-        prompt=prompt, count=count, seed=secrets.randbelow(2**31) if seed is None else seed,
-        width=width, height=height, kit=kit_choice, style=style_choice,
-        allow_nsfw=nsfw_allowed(gs.nsfw_policy, interaction.channel),
-    ), face
-
-
-async def enqueue_generate(
-    services: Services, interaction: discord.Interaction, req: GenerateRequest, face: Concept, *,
-    kind: str = "generate", variation_of: str | None = None,
-) -> tuple[Any, jobs.QueueInfo]:
-    """Write the job row and enqueue the ``GeneratePayload`` (the face is always ``face``, the requester's)."""
-    user_id = interaction.user.id
-    assert face.owner_id == user_id, "a face concept is usable only by its owner"
-    face_ref = await concept_ref(services, face)
-    target = jobs.target_from_interaction(interaction)
-
-    def build(job) -> contract.GeneratePayload:
-        fields: dict[str, Any] = dict(
-            job_id=job.id, user_id=user_id, prompt=req.prompt, output_prefix=keys.outputs_prefix(user_id, job.id),
-            target=target, guild_id=interaction.guild_id, face=face_ref,
-            kit=req.kit.concept if req.kit else None, kit_words=req.kit.words if req.kit else None,
-            style=req.style.concept if req.style else None, style_words=req.style.words if req.style else None,
-            count=req.count, seed=req.seed, width=req.width, height=req.height,
-            variation_of=variation_of, allow_nsfw=req.allow_nsfw,
-        )
-        fields.update(services.extras.get("generate_overrides", {}))  # e.g. {"steps": 2, "width": 64} in tests
-        return contract.GeneratePayload(**fields)
-
-    job, _ = await jobs.create_and_enqueue(
-        services, kind=kind, user_id=user_id, build_payload=build, guild_id=interaction.guild_id,
-        channel_id=interaction.channel_id, interaction_id=interaction.id, concept_id=face.id,
-    )
-    return job, await jobs.queue_position(services, job.id)
-
-
-def describe(req: GenerateRequest) -> str:
-    n = f"{req.count} image{'s' if req.count != 1 else ''}"
-    extra = "".join(
-        [f" in **{req.kit.name}**" if req.kit and req.kit.name else "",
-         f", {req.style.name} style" if req.style and req.style.name else ""]
-    )
-    return f"🎨 {n} of you{extra}: *{discord.utils.escape_markdown(req.prompt)}*"
 
 
 class GenerateCog(commands.Cog):
@@ -182,18 +34,18 @@ class GenerateCog(commands.Cog):
         prompt="The scene, e.g. 'lifting the trophy in the rain'",
         kit="A kit from this server's catalogue (/kits)",
         style="A style from this server's catalogue (/styles)",
-        count="How many images (1-4)",
+        count=f"How many images ({limits.COUNT_MIN}-{limits.COUNT_MAX})",
         seed="Same seed + same prompt = same picture",
         shape="Image shape",
     )
     async def generate(
         self,
         interaction: discord.Interaction,
-        prompt: app_commands.Range[str, 1, 1000],
-        kit: str | None = None,
-        style: str | None = None,
-        count: app_commands.Range[int, 1, 4] = 4,
-        seed: app_commands.Range[int, 0, 2**31 - 1] | None = None,
+        prompt: app_commands.Range[str, 1, limits.PROMPT_CHARS],
+        kit: app_commands.Range[str, 1, limits.NAME_CHARS] | None = None,
+        style: app_commands.Range[str, 1, limits.NAME_CHARS] | None = None,
+        count: app_commands.Range[int, limits.COUNT_MIN, limits.COUNT_MAX] = limits.COUNT_MAX,
+        seed: app_commands.Range[int, 0, limits.SEED_MAX] | None = None,
         shape: Literal["square", "portrait", "landscape"] = "square",
     ) -> None:
         services = self.bot.services

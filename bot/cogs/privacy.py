@@ -112,7 +112,7 @@ async def face_status(services: Services, user_id: int) -> str:
         if active and active[0].status == "running":
             where = f"training now (started {_when(active[0].started_at)})"
         elif active:
-            info = await jobs.queue_position(services, active[0].id)
+            info = await jobs.queue_position(services, active[0])
             where = jobs.format_queue(info)
         else:
             where = "waiting for the worker"
@@ -183,7 +183,7 @@ class PrivacyCog(commands.Cog):
             raise NotFound("You have no trained face to export yet — run `/train` first (`/me` shows its status).")
         await interaction.response.defer(ephemeral=True, thinking=True)
         job = await forget.start_export(services, interaction)
-        info = await jobs.queue_position(services, job.id)
+        info = await jobs.queue_position(services, job)
         await interaction.followup.send(
             f"📦 Export queued ({jobs.format_queue(info)}). Your files (AUTOMATIC1111 and kohya formats) will "
             "arrive by DM — make sure DMs from server members are allowed.", ephemeral=True)

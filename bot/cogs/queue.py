@@ -23,7 +23,7 @@ async def queue_text(services: Services, user_id: int) -> str:
     lines = []
     depth = None
     for job in mine:
-        info = await jobs.queue_position(services, job.id)
+        info = await jobs.queue_position(services, job)
         depth = info.depth
         label = KIND_LABELS.get(job.kind, job.kind)
         if job.status == "running":

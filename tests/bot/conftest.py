@@ -4,7 +4,9 @@
 artifact store. ``arena`` gives a guild, a channel and two members (alice, bob). ``selfies()`` builds real
 photo bytes of one real face (scikit-image's astronaut) with light augmentations.
 
-Seams tests may override: the ``bot_extras`` fixture (e.g. ``{"photo_checker": fake}``) and ``bot_cogs``.
+Seams tests may override (documented on ``bot.services.Services``): the ``bot_seams`` fixture (keyword arguments
+of ``create_bot``: ``{"photo_checker": fake}``, ``{"clock": ...}``), ``bot_setting_overrides`` (``Settings``
+fields, e.g. ``{"rate_limit_s": 30}``) and ``bot_cogs``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ import pytest
 
 
 @pytest.fixture
-def bot_settings(tmp_path, redis_url):
+def bot_setting_overrides() -> dict[str, Any]:
+    return {}
+
+
+@pytest.fixture
+def bot_settings(tmp_path, redis_url, bot_setting_overrides):
     import uuid
 
     from kitbooth.settings import Settings
@@ -32,11 +39,12 @@ def bot_settings(tmp_path, redis_url):
         discord_token=None,
         base_hidden_size=32,
         daily_quota=20,
+        **{"rate_limit_s": 0, **bot_setting_overrides},  # the rate limit has its own test
     )
 
 
 @pytest.fixture
-def bot_extras() -> dict[str, Any]:
+def bot_seams() -> dict[str, Any]:
     return {}
 
 
@@ -66,12 +74,10 @@ async def bot_arq(bot_settings):
 
 
 @pytest.fixture
-def simcord_bot(bot_settings, db, store, bot_redis, bot_arq, bot_extras, bot_cogs):
-    from bot.app import create_bot
+def simcord_bot(bot_settings, db, store, bot_redis, bot_arq, bot_seams, bot_cogs):
+    from bot import create_bot
 
-    extras = {"rate_limit_s": 0, **bot_extras}  # the rate limit has its own test
-    return create_bot(bot_settings, db=db, store=store, redis=bot_redis, arq=bot_arq, cogs=bot_cogs,
-                      extras=extras)
+    return create_bot(bot_settings, db=db, store=store, redis=bot_redis, arq=bot_arq, cogs=bot_cogs, **bot_seams)
 
 
 @dataclass
@@ -104,6 +110,9 @@ def arena(simcord_env):
     from bot.errors import unwrap
     from kitbooth.errors import UserFacingError
 
+    # Real native work (dlib's photo checks) runs in a thread; on a loaded 2-core CI box it can outlast
+    # SimCord's 5 s default for the bot to settle.
+    simcord_env.settle_timeout = 30.0
     guild = simcord_env.create_guild(name="Football Fans")
     channel = guild.create_text_channel("kitbooth")
     alice = guild.add_member(simcord_env.create_user("alice"))

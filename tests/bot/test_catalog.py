@@ -139,7 +139,7 @@ async def test_non_admin_kit_train_refused(arena):
     assert await arena.services.db.list_jobs() == []
 
 
-@pytest.mark.parametrize("bot_extras", [{"photo_checker": fake_checker()}])
+@pytest.mark.parametrize("bot_seams", [{"photo_checker": fake_checker()}])
 async def test_kit_train_with_attachments_enqueues_guild_owned_training(arena):
     carol = admin_of(arena)
     r = await carol.slash(arena.channel, "kit train", name="Away 2026", description="teal shirt, black shorts",
@@ -168,7 +168,7 @@ async def test_kit_train_with_attachments_enqueues_guild_owned_training(arena):
     assert job.status == "cancelled" and await s.arq.exists(contract.cancel_job_key(job.id))
 
 
-@pytest.mark.parametrize("bot_extras", [{"photo_checker": fake_checker()}])
+@pytest.mark.parametrize("bot_seams", [{"photo_checker": fake_checker()}])
 async def test_kit_train_modal(arena):
     carol = admin_of(arena)
     shown = await carol.slash(arena.channel, "style train", name="Mural")

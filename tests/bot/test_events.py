@@ -9,7 +9,7 @@ from gpu_worker import contract
 from storage import keys
 from tests.bot.conftest import emit, fake_checker, finish_generate, make_ready_face, selfies, tiny_png
 
-pytestmark = pytest.mark.parametrize("bot_extras", [{"photo_checker": fake_checker()}])
+pytestmark = pytest.mark.parametrize("bot_seams", [{"photo_checker": fake_checker()}])
 
 
 async def _pending(services) -> int:
@@ -52,7 +52,7 @@ async def test_concept_ready_retrain_supersedes_old_face_and_deletes_crops(arena
     assert s.store.list(keys.photos_prefix(arena.alice.id, concept.id)) == []
     assert s.store.list(keys.checkpoint_prefix(arena.alice.id, concept.id)) == []
     msg = arena.channel.last_message
-    assert arena.alice.mention in msg.content and "ready" in msg.content
+    assert arena.alice.mention in msg.content and "I learned your face" in msg.content
     assert await _pending(s) == 0
 
 

@@ -7,7 +7,7 @@ import contextlib
 import pickle
 
 import pytest
-from arq.constants import in_progress_key_prefix, result_key_prefix, retry_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, result_key_prefix, retry_key_prefix
 
 from bot import forget, jobs
 from bot.services import Services
@@ -32,7 +32,7 @@ async def services(db, store, redis_url, tmp_path):
                         events_stream="kitbooth:test:events", base_hidden_size=32)
     redis = Redis.from_url(redis_url)
     arq = await create_pool(RedisSettings.from_dsn(redis_url), default_queue_name=settings.queue_name)
-    yield Services(settings=settings, db=db, store=store, redis=redis, arq=arq, extras={})
+    yield Services(settings=settings, db=db, store=store, redis=redis, arq=arq)
     await redis.aclose()
     await arq.aclose()
 
@@ -43,7 +43,7 @@ def target(uid):
 
 async def populate(s: Services, uid: int) -> dict:
     """A user with a trained face, a retraining in the queue, finished images, an export, a kit they made, and
-    Redis state: queue entries, arq results/retries, events, a rate-limit key."""
+    Redis state: queue entries, arq results/retries, events."""
     db, store = s.db, s.store
     await db.record_consent(uid)
     face = await db.create_concept(owner_id=uid, guild_id=GUILD, kind="face", name="face", method="pivotal",
@@ -91,12 +91,11 @@ async def populate(s: Services, uid: int) -> dict:
     store.put_bytes(kit_concept.artifact_key, b"kit")
     await db.add_kit(guild_id=GUILD, name=f"Kit {uid}", description="red shirt", concept_id=kit_concept.id,
                      created_by=uid)
-    # Events about them (one consumed and pending in the group, one not yet read) and a cache key.
+    # Events about them (one consumed and pending in the group, one not yet read).
     stream = s.settings.events_stream
     for job_id, typ in ((done.id, "job.done"), (train_job.id, "job.progress")):
         ev = contract.Event(type=typ, job_id=job_id, user_id=uid, kind="generate", target=target(uid))
         await s.redis.xadd(stream, ev.to_fields())
-    await s.redis.set(f"kitbooth:ratelimit:{uid}", b"1")
     return {"face": face, "new": new, "train": train_job, "done": done, "queued": queued, "kit": kit_concept}
 
 
@@ -194,7 +193,6 @@ async def test_forget_leaves_no_trace_and_spares_others(services):
     assert await s.db.list_jobs(user_id=BOB) == bob_before["jobs"]
     assert await s.arq.zrange(s.settings.queue_name, 0, -1) == bob_before["queue"]
     assert len(await s.redis.xrange(s.settings.events_stream)) == 2
-    assert await s.redis.exists(f"kitbooth:ratelimit:{BOB}")
     assert (await s.db.ready_face(BOB)).id == b["face"].id
 
 
@@ -212,11 +210,14 @@ async def test_forget_with_a_running_job_keeps_only_the_cancel_flag(services):
     assert report.still_running == 1
     flag = contract.cancel_user_key(ALICE)
     assert await s.arq.exists(flag) and 0 < await s.arq.ttl(flag) <= contract.CANCEL_TTL_S
-    # The flag (a timestamp the worker checks) and arq's own in-progress marker are all that remain.
+    # The flag (a timestamp the worker checks), arq's own in-progress marker and arq's abort request for that
+    # slice (its id only; the worker drops it once the task is cancelled) are all that remain.
+    slice_id = contract.arq_job_id(running.id, 0)
+    assert await s.arq.zscore(abort_jobs_ss, slice_id) is not None
     job_ids = {running.id, a["done"].id, a["queued"].id}
     left = await redis_traces(s, ALICE, job_ids)
-    assert sorted(left) == sorted([f"key {flag}",
-                                   f"arq key {in_progress_key_prefix}{contract.arq_job_id(running.id, 0)}"])
+    assert sorted(left) == sorted([f"key {flag}", f"arq key {in_progress_key_prefix}{slice_id}",
+                                   f"queue entry {slice_id.encode()!r}"])
     # A file the running job writes after the purge is caught by the next step of the worker's cancel check;
     # forgetting again (idempotent) removes it.
     s.store.put_bytes(keys.checkpoint_prefix(ALICE, a["new"].id) + "late.safetensors", b"late")

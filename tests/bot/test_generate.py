@@ -63,7 +63,6 @@ async def test_unknown_kit_is_refused_with_a_hint(arena):
 
 
 @pytest.mark.parametrize("prompt, expected", [
-    ("x" * 301, "keep it under 300"),
     ("a goal <|endoftext|> more", "reserved"),
     ("me as <kb-face-3> person", "reserved"),
     ("<lora:someone:1> at the stadium", "reserved"),
@@ -74,6 +73,25 @@ async def test_prompt_checks(arena, prompt, expected):
     result = await arena.alice.slash(arena.channel, "generate", prompt=prompt)
     assert expected in result.response.content and result.response.ephemeral
     assert await queued(arena.services) == []
+
+
+async def test_prompt_length_is_one_limit_in_the_range_and_the_check(arena):
+    # The slash command's range and the bot's own check both say kitbooth.limits.PROMPT_CHARS (1000).
+    from bot.generate_request import validate_prompt
+    from kitbooth import limits
+    from kitbooth.errors import InvalidInput
+
+    # What Discord is told (and enforces before the bot sees the interaction):
+    options = {o["name"]: o for o in arena.bot.tree.get_command("generate").to_dict(arena.bot.tree)["options"]}
+    assert options["prompt"]["max_length"] == limits.PROMPT_CHARS
+    assert (options["count"]["min_value"], options["count"]["max_value"]) == (limits.COUNT_MIN, limits.COUNT_MAX)
+    assert options["seed"]["max_value"] == limits.SEED_MAX
+    assert options["kit"]["max_length"] == options["style"]["max_length"] == limits.NAME_CHARS
+    await make_ready_face(arena.services, arena.alice.id)
+    ok = await arena.alice.slash(arena.channel, "generate", prompt="y" * limits.PROMPT_CHARS, count=1)
+    assert not ok.response.ephemeral, ok.response.content  # exactly the limit is accepted
+    with pytest.raises(InvalidInput, match="keep it to 1000"):
+        await validate_prompt(arena.services, arena.alice.id, "x" * (limits.PROMPT_CHARS + 1))
 
 
 async def test_daily_quota_exceeded(arena):
@@ -93,7 +111,8 @@ async def test_daily_quota_exceeded(arena):
     assert len(await s.db.list_jobs(user_id=arena.alice.id)) == 2
 
 
-@pytest.mark.parametrize("bot_extras", [{"rate_limit_s": 30, "clock": lambda: 1000.0}])
+@pytest.mark.parametrize("bot_setting_overrides", [{"rate_limit_s": 30}])
+@pytest.mark.parametrize("bot_seams", [{"clock": lambda: 1000.0}])
 async def test_rate_limit(arena):
     await make_ready_face(arena.services, arena.alice.id)
     await arena.alice.slash(arena.channel, "generate", prompt="one", count=1)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from simcord import SetupError
 
-from bot import forget
 from bot.cogs import privacy
 from gpu_worker import contract
 from storage import keys
+from tests.bot.conftest import emit
 from tests.bot.test_forget import db_traces, redis_traces
 
 
@@ -153,16 +153,15 @@ async def test_export_enqueues_and_delivers_by_dm(arena):
     p = contract.ExportPayload.from_dict(queued.args[0])
     assert p.concept_key == face.artifact_key and p.output_prefix == f"users/{alice.id}/exports/{job.id}/"
     assert p.target.channel_id == alice.user.dm_channel.id  # the worker posts into the DM
-    # The worker converted it but could not post: the bot delivers (B1's events consumer calls this).
+    # The worker converted it but could not post: the events consumer delivers it by DM (kitbooth.render).
     files = [p.output_prefix + "face-a1111.safetensors", p.output_prefix + "face-kohya.safetensors"]
     for k in files:
         s.store.put_bytes(k, b"file " + k.encode())
-    event = contract.Event(type="job.done", job_id=job.id, user_id=alice.id, kind="export", target=p.target,
-                           posted=False, data={"file_keys": files + ["users/1/elsewhere.safetensors"]})
-    assert await forget.deliver_export(arena.bot, event) is True
+    await emit(s, "job.done", job.id, alice.id, "export", target=p.target,
+               file_keys=files + ["users/1/elsewhere.safetensors"])
+    await arena.bot.consumer.drain()
     dm = alice.user.dm_channel.last_message
-    assert "AUTOMATIC1111" in dm.content and len(dm.attachments) == 2
+    assert "a1111, kohya" in dm.content and len(dm.attachments) == 2  # another user's key is never read
+    assert [a.filename for a in dm.attachments] == ["face-a1111.safetensors", "face-kohya.safetensors"]
     assert await dm.attachments[0].read() == b"file " + files[0].encode()
-    # Other events are not its business.
-    other = contract.Event(type="job.done", job_id=1, user_id=alice.id, kind="generate")
-    assert await forget.deliver_export(arena.bot, other) is False
+    assert (await s.db.get_job(job.id)).status == "done"

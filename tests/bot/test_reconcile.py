@@ -9,7 +9,7 @@ from gpu_worker import contract
 from tests.bot.conftest import fake_checker, make_ready_face, queued, selfies
 
 
-@pytest.mark.parametrize("bot_extras", [{"photo_checker": fake_checker()}])
+@pytest.mark.parametrize("bot_seams", [{"photo_checker": fake_checker()}])
 async def test_reconcile_after_redis_lost_everything(arena):
     """Redis lost its data (FLUSHDB on the test DB: FLUSHALL would also empty other processes' DBs)."""
     s = arena.services

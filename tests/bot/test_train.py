@@ -61,7 +61,7 @@ async def test_train_modal_happy_path_real_photo_checks(arena):
         "arq:job:" + contract.arq_job_id(job.id))
 
 
-@pytest.mark.parametrize("bot_extras", [{"photo_checker": fake_checker()}])
+@pytest.mark.parametrize("bot_seams", [{"photo_checker": fake_checker()}])
 async def test_train_attachment_options_share_the_flow(arena):
     photos = dict(zip([f"photo{i}" for i in range(1, 5)], selfies(4), strict=True))
     start = len(arena.env.http_requests)
@@ -73,7 +73,7 @@ async def test_train_attachment_options_share_the_flow(arena):
     assert job.status == "queued"
 
 
-@pytest.mark.parametrize("bot_extras", [{"photo_checker": fake_checker()}])
+@pytest.mark.parametrize("bot_seams", [{"photo_checker": fake_checker()}])
 async def test_no_consent_is_refused_and_nothing_stored(arena):
     shown = await arena.alice.slash(arena.channel, "train")
     result = await arena.alice.submit_modal(shown, {"photos": selfies(4), "consent": ["no"]})
@@ -85,7 +85,7 @@ async def test_no_consent_is_refused_and_nothing_stored(arena):
     assert "consent" in result.response.content
 
 
-@pytest.mark.parametrize("bot_extras", [{"photo_checker": fake_checker()}])
+@pytest.mark.parametrize("bot_seams", [{"photo_checker": fake_checker()}])
 async def test_too_few_photos(arena):
     shown = await arena.alice.slash(arena.channel, "train")
     result = await arena.alice.submit_modal(shown, {"photos": selfies(2), "consent": ["yes"]})
@@ -93,7 +93,7 @@ async def test_too_few_photos(arena):
     assert await arena.services.db.list_jobs(user_id=arena.alice.id) == []
 
 
-@pytest.mark.parametrize("bot_extras", [{"photo_checker": fake_checker()}])
+@pytest.mark.parametrize("bot_seams", [{"photo_checker": fake_checker()}])
 async def test_second_training_while_one_runs_is_refused(arena):
     shown = await arena.alice.slash(arena.channel, "train")
     await arena.alice.submit_modal(shown, {"photos": selfies(4), "consent": ["yes"]})
@@ -120,7 +120,7 @@ _ENV: list = []
 _SEEN: list = []
 
 
-@pytest.mark.parametrize("bot_extras", [{"photo_checker": _checker_that_needs_an_ack(_ENV, _SEEN)}])
+@pytest.mark.parametrize("bot_seams", [{"photo_checker": _checker_that_needs_an_ack(_ENV, _SEEN)}])
 async def test_defer_before_slow_work_modal_and_options(arena):
     _ENV[:] = [arena.env]
     _SEEN.clear()

@@ -55,3 +55,41 @@ def test_readme_config_table_lists_every_setting():
     text = (ROOT / "README.md").read_text()
     missing = sorted(v for v in ENV_VARS if f"`{v}`" not in text)
     assert not missing, f"README configuration table misses {missing}"
+
+
+def _stages() -> dict[str, str]:
+    """Dockerfile stage name -> its lines (the base stage included)."""
+    text = (ROOT / "Dockerfile").read_text()
+    parts = re.split(r"^FROM \S+ AS (\w+)\n", text, flags=re.M)
+    return dict(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def test_images_and_test_venvs_install_each_process_with_the_same_recipe():
+    """The Dockerfile's targets and scripts/test-processes both run scripts/install-process, and nothing else
+    installs packages: CI's .venv-bot / .venv-worker are built exactly as the images are."""
+    stages = _stages()
+    for target in ("bot", "worker"):
+        runs = re.findall(r"^RUN (.+)$", stages[target], re.M)
+        assert len(runs) == 1 and re.search(rf"\bsh scripts/install-process {target}$", runs[0]), runs
+    assert "pip" not in "".join(re.findall(r"^RUN .+$", "".join(stages.values()), re.M))
+    assert "COPY scripts/install-process ./scripts/install-process" in stages["base"]
+    # The worker image pins the same torch release as the CPU venvs of the test command.
+    docker_torch = re.search(r"^ARG TORCH_VERSION=(\S+)$", stages["worker"], re.M).group(1)
+    assert 'TORCH_SPEC="torch==${TORCH_VERSION}"' in stages["worker"]
+    for script in ("scripts/test", "scripts/test-processes"):
+        cpu = re.search(r"torch==([\w.]+)\+cpu", (ROOT / script).read_text())
+        assert cpu and cpu.group(1) == docker_torch, f"{script} pins another torch than the worker image"
+    tests = (ROOT / "scripts" / "test-processes").read_text()
+    assert re.search(r'quiet sh scripts/install-process "\$1"', tests)
+    assert 'docker_context "$context"' in tests  # built from the files the Dockerfile copies
+    assert "process_venv bot" in tests and "process_venv worker" in tests
+    recipe = (ROOT / "scripts" / "install-process").read_text()
+    assert not re.search(r"install\s+(-e|--editable)\b", recipe), "the images install kitbooth non-editable"
+    assert '$PIP install ".[bot]"' in recipe and '$PIP install ".[worker]"' in recipe
+
+
+def test_process_venvs_are_ignored_by_git_and_docker():
+    gitignore = (ROOT / ".gitignore").read_text().split()
+    dockerignore = (ROOT / ".dockerignore").read_text().split()
+    for venv in (".venv-bot", ".venv-worker"):
+        assert f"/{venv}/" in gitignore and venv in dockerignore

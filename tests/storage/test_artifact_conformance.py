@@ -1,7 +1,7 @@
 """Conformance suite for ``ArtifactStore`` implementations.
 
-Every store (the local one today, an S3-compatible one later) must pass this suite: add it to
-``STORE_FACTORIES``.
+Every store must pass this suite: the local one, and the S3 one against a real S3 server on loopback
+(moto's server mode, started by ``tests/storage/conftest.py``). Add a new store to ``STORE_FACTORIES``.
 """
 
 from __future__ import annotations
@@ -13,16 +13,20 @@ import pytest
 from storage import ArtifactNotFound, InvalidKey, LocalArtifactStore, keys
 
 
-def _local(tmp_path):
+def _local(request, tmp_path):
     return LocalArtifactStore(tmp_path / "root")
 
 
-STORE_FACTORIES = {"local": _local}
+def _s3(request, tmp_path):
+    return request.getfixturevalue("s3_store")  # a fresh bucket on the loopback S3 server
+
+
+STORE_FACTORIES = {"local": _local, "s3": _s3}
 
 
 @pytest.fixture(params=sorted(STORE_FACTORIES))
 def any_store(request, tmp_path):
-    return STORE_FACTORIES[request.param](tmp_path)
+    return STORE_FACTORIES[request.param](request, tmp_path)
 
 
 def test_put_get_roundtrip(any_store):

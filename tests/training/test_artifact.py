@@ -65,18 +65,18 @@ def test_trained_artifact_is_compatible(pipe):
 
 def test_malformed_files_are_refused(pipe):
     good = save_artifact(make_artifact(pipe))
-    with pytest.raises(IncompatibleArtifact, match="not a valid .safetensors"):
+    with pytest.raises(IncompatibleArtifact, match="not a valid `.safetensors` file"):
         load_artifact(b"hello world, not safetensors")
     with pytest.raises(IncompatibleArtifact, match="not a KitBooth concept"):
         load_artifact(save({"x": torch.zeros(2)}))
     tensors = load(good)
     meta = read_metadata(good)
-    with pytest.raises(IncompatibleArtifact, match="embeddings have shape"):
+    with pytest.raises(IncompatibleArtifact, match="3 vectors for 2 trigger tokens"):
         load_artifact(save({**tensors, "embeddings": torch.zeros(3, 32, dtype=torch.float16)}, metadata=meta))
     broken = {k: v for k, v in tensors.items() if not k.endswith("attn1.to_q.lora_B.weight")}
-    with pytest.raises(IncompatibleArtifact, match="lacks its A or B"):
+    with pytest.raises(IncompatibleArtifact, match="lacks its up matrix"):
         load_artifact(save(broken, metadata=meta))
-    with pytest.raises(IncompatibleArtifact, match="rank"):
+    with pytest.raises(IncompatibleArtifact, match="rank differs from its metadata"):
         load_artifact(save(tensors, metadata={**meta, "rank": "8"}))
     with pytest.raises(IncompatibleArtifact, match="metadata"):
         load_artifact(save(tensors, metadata={**meta, "tokens": "not json"}))

@@ -8,8 +8,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
+from transformers import CLIPTextModel
 
 from kitbooth.errors import IncompatibleArtifact
+from training.compose import Composer, ConceptUse
+from training.pipeline_calls import encode_text
 
 HIDDEN = 32
 
@@ -45,16 +51,10 @@ def lora_state(seed: int, model_dir, *, part: str = "unet", scale: float = 0.5) 
     """A peft LoRA state dict (r=4) for the tiny UNet/text encoder with a random (non-zero) lora_B."""
     key = (seed, part)
     if key not in _LORA_CACHE:
-        from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
-
         if part == "unet":
-            from diffusers import UNet2DConditionModel
-
             model = UNet2DConditionModel.from_pretrained(model_dir / "unet", local_files_only=True)
             targets = ["to_q", "to_k", "to_v", "to_out.0"]
         else:
-            from transformers import CLIPTextModel
-
             model = CLIPTextModel.from_pretrained(model_dir / "text_encoder", local_files_only=True)
             targets = ["q_proj", "k_proj", "v_proj", "out_proj"]
         torch.manual_seed(seed)
@@ -71,8 +71,6 @@ def face_ti(seed: int, n: int = 2, name: str = "face") -> FakeArtifact:
 
 @pytest.fixture(scope="module")
 def pipe(tiny_model_dir):
-    from diffusers import StableDiffusionPipeline
-
     p = StableDiffusionPipeline.from_pretrained(tiny_model_dir, local_files_only=True)
     p.set_progress_bar_config(disable=True)
     return p
@@ -80,16 +78,12 @@ def pipe(tiny_model_dir):
 
 @pytest.fixture
 def composer(pipe):
-    from training.compose import Composer
-
     c = Composer(pipe, slots=8, lora_cache=2)
     yield c
     c.evict_all()
 
 
 def run(pipe, prompts, seed=0, steps=4):
-    from training.generate import encode_text
-
     n = len(prompts)
     pos = encode_text(pipe, prompts)
     neg = encode_text(pipe, [""] * n)
@@ -108,8 +102,6 @@ def test_slot_tokens_are_single_tokens(pipe, composer):
 
 
 def test_face_and_kit_composed_in_one_call_and_restored_exactly(pipe, composer, tiny_model_dir):
-    from training.compose import ConceptUse
-
     base = run(pipe, ["a photo of a person"])
     face = face_ti(1)
     kit = FakeArtifact("kit", "lora", ["<kb-kit-0>"], torch.randn(1, HIDDEN), lora_state(1, tiny_model_dir))
@@ -130,8 +122,6 @@ def test_face_and_kit_composed_in_one_call_and_restored_exactly(pipe, composer, 
 
 
 def test_restored_even_when_the_block_raises(pipe, composer, tiny_model_dir):
-    from training.compose import ConceptUse
-
     base = run(pipe, ["a dog"])
     kit = FakeArtifact("kit", "lora", [], None, lora_state(2, tiny_model_dir))
     with pytest.raises(RuntimeError, match="boom"), composer.compose([[ConceptUse("k2", kit), ConceptUse("f", face_ti(3))]]):
@@ -141,8 +131,6 @@ def test_restored_even_when_the_block_raises(pipe, composer, tiny_model_dir):
 
 
 def test_two_users_ti_in_one_batch_get_their_own_vectors(pipe, composer):
-    from training.compose import ConceptUse
-
     a, b = face_ti(10), face_ti(11)
     prompt = "a photo of {} person"
     with composer.compose([[ConceptUse("ua", a)], [ConceptUse("ub", b)]]) as c:
@@ -160,8 +148,6 @@ def test_two_users_ti_in_one_batch_get_their_own_vectors(pipe, composer):
 
 def test_two_users_loras_in_one_batch_per_sample_adapters(pipe, composer, tiny_model_dir):
     """Mixed batch (hooks) equals each request alone (peft set_adapter path); a base row stays base."""
-    from training.compose import ConceptUse
-
     la = FakeArtifact("face", "lora", [], None, lora_state(20, tiny_model_dir),
                       text_lora=lora_state(21, tiny_model_dir, part="text"))
     lb = FakeArtifact("kit", "lora", [], None, lora_state(22, tiny_model_dir))
@@ -183,10 +169,6 @@ def test_two_users_loras_in_one_batch_per_sample_adapters(pipe, composer, tiny_m
 
 
 def test_lru_keeps_resident_adapters_bounded(pipe, composer, tiny_model_dir):
-    from peft.tuners.lora import LoraLayer
-
-    from training.compose import ConceptUse
-
     arts = {f"k{i}": FakeArtifact("kit", "lora", [], None, lora_state(30 + i, tiny_model_dir)) for i in range(4)}
     for key in ["k0", "k1", "k0", "k2", "k3"]:
         with composer.compose([[ConceptUse(key, arts[key])]]):
@@ -201,8 +183,6 @@ def test_lru_keeps_resident_adapters_bounded(pipe, composer, tiny_model_dir):
 
 
 def test_compose_refuses_incompatible_artifacts(pipe, composer, tiny_model_dir):
-    from training.compose import ConceptUse
-
     wide = FakeArtifact("face", "ti", ["<kb-face-0>"], torch.randn(1, 768), hidden_size=768)
     with pytest.raises(IncompatibleArtifact), composer.compose([[ConceptUse("w", wide)]]):
         pass
@@ -220,8 +200,6 @@ def test_compose_refuses_incompatible_artifacts(pipe, composer, tiny_model_dir):
 
 
 def test_slot_pool_and_can_batch(composer):
-    from training.compose import ConceptUse
-
     reqs = [[ConceptUse(f"u{i}", face_ti(i, n=3))] for i in range(3)]  # 9 slots > 8
     assert composer.can_batch(reqs[:2]) and not composer.can_batch(reqs)
     with pytest.raises(ValueError, match="slots"), composer.compose(reqs):
@@ -229,8 +207,6 @@ def test_slot_pool_and_can_batch(composer):
 
 
 def test_multi_vector_trigger_written_by_first_token_expands(composer):
-    from training.compose import ConceptUse
-
     art = FakeArtifact("style", "imported", ["charturner", "charturner_1"], torch.randn(2, HIDDEN))
     with composer.compose([[ConceptUse("s", art)]]) as c:
         a = c.rewrite(0, "in charturner style")
@@ -240,8 +216,6 @@ def test_multi_vector_trigger_written_by_first_token_expands(composer):
 
 
 def test_compose_is_cheaper_than_a_denoising_step(pipe, composer, tiny_model_dir):
-    from training.compose import ConceptUse
-
     uses = [[ConceptUse("cf", face_ti(50)),
              ConceptUse("ck", FakeArtifact("kit", "lora", [], None, lora_state(51, tiny_model_dir)))]]
     with composer.compose(uses):  # first use loads the adapter
@@ -265,10 +239,6 @@ def test_compose_is_cheaper_than_a_denoising_step(pipe, composer, tiny_model_dir
 
 
 def test_adapter_removed_behind_our_back_is_reloaded(pipe, composer, tiny_model_dir):
-    from peft.tuners.lora import LoraLayer
-
-    from training.compose import ConceptUse
-
     kit = FakeArtifact("kit", "lora", [], None, lora_state(60, tiny_model_dir))
     with composer.compose([[ConceptUse("kv", kit)]]):
         first = run(pipe, ["a dog"])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from PIL import ImageOps
+from PIL import Image, ImageOps
+
+from tests.training.photos import astronaut
+from training.eval import SAME_PERSON, ClipScorer, EvalReport, _identity, reference_descriptors
 
 
 def test_identity_of_a_real_face_against_its_mirror():
-    from tests.training.photos import astronaut
-    from training.eval import SAME_PERSON, _identity, reference_descriptors
-
     refs, note = reference_descriptors([astronaut()])
     assert note is None and len(refs) == 1
     dist, found = _identity(ImageOps.mirror(astronaut()), refs)
@@ -16,23 +16,15 @@ def test_identity_of_a_real_face_against_its_mirror():
 
 
 def test_no_face_in_held_out_photos_is_a_note():
-    from PIL import Image
-
-    from training.eval import reference_descriptors
-
     refs, note = reference_descriptors([Image.new("RGB", (256, 256), "gray")])
     assert refs == [] and "no face" in note
 
 
 def test_clip_model_missing_is_skipped(tmp_path):
-    from training.eval import ClipScorer
-
     assert ClipScorer.load(tmp_path / "no-clip-here") is None
 
 
 def test_report_format():
-    from training.eval import EvalReport
-
     r = EvalReport(kind="face", method="pivotal", tokens=["<kb-face-0>"], artifact_bytes=1234, parameters=10,
                    images=2, reference_faces=0, seconds=1.0, seconds_per_image=0.5, notes=["x"])
     text = r.format()

@@ -1,6 +1,5 @@
-"""training.faces on real photos (scikit-image's astronaut, the one bundled real face) and, for the
-different-person rule, at its documented seam: ``find_identity_outliers`` on synthetic descriptors (and, to
-check the wiring, ``faces._descriptor`` wrapped so one photo's descriptor is moved far away)."""
+"""training.faces on real photos (scikit-image's astronaut, the one bundled real face): acceptance, each refusal,
+crop geometry, kits and styles. The different-person rule is in test_face_identity.py."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from PIL import Image
 
 from tests.training import photos
 from training import faces
+from training.face_detection import dominant
 from training.faces import (
     MAX_FACE_PHOTOS,
     MIN_FACE_PHOTOS,
@@ -25,8 +25,6 @@ from training.faces import (
     check_selfies,
     detect_faces,
     face_crop_box,
-    face_descriptor,
-    find_identity_outliers,
     prepare_reference_photos,
 )
 from training.images import load_image
@@ -99,11 +97,11 @@ def test_which_detections_count_as_a_second_person():
     weak_same_size = FaceBox(300, 300, 400, 400, 0.1)
     strong_same_size = FaceBox(300, 100, 395, 195, 1.2)
     strong_small = FaceBox(10, 10, 50, 50, 1.5)  # a face in the background: 16 % of the main face's area
-    assert faces._dominant([main, weak_same_size, strong_small]) == (main, [])
-    assert faces._dominant([weak_same_size, main]) == (main, [])  # the best score leads, not the order
-    assert faces._dominant([main, strong_same_size]) == (main, [strong_same_size])
+    assert dominant([main, weak_same_size, strong_small]) == (main, [])
+    assert dominant([weak_same_size, main]) == (main, [])  # the best score leads, not the order
+    assert dominant([main, strong_same_size]) == (main, [strong_same_size])
     # A big low-score false positive does not hide the real face (it is not "much larger").
-    assert faces._dominant([FaceBox(0, 0, 150, 150, 0.05), main])[0] == main
+    assert dominant([FaceBox(0, 0, 150, 150, 0.05), main])[0] == main
 
 
 @pytest.mark.parametrize(
@@ -275,85 +273,6 @@ def test_garbage_uploads_never_raise():
     report = check_selfies(upload)
     assert len(report.verdicts) == 5 and not any(v.accepted for v in report.verdicts)
     assert check_selfies([]).verdicts == [] and not check_selfies([]).ok()
-
-
-# ---- the same person: the rule at the descriptor seam -----------------------------------------------------------
-
-
-def _cluster(rng: np.random.Generator, center: np.ndarray, n: int, spread: float = 0.12) -> list[np.ndarray]:
-    """n descriptors around ``center``, each about ``spread`` away from it (same person: pairwise < 0.6)."""
-    out = []
-    for _ in range(n):
-        step = rng.normal(size=128)
-        out.append(center + spread * step / np.linalg.norm(step))
-    return out
-
-
-@pytest.fixture
-def person_a() -> np.ndarray:
-    d = face_descriptor(photos.astronaut())
-    assert d is not None
-    return d
-
-
-def _far_from(center: np.ndarray, rng: np.random.Generator, distance: float = 0.9) -> np.ndarray:
-    step = rng.normal(size=128)
-    return center + distance * step / np.linalg.norm(step)
-
-
-def test_identity_outlier_is_named(person_a):
-    rng = np.random.default_rng(0)
-    descriptors = _cluster(rng, person_a, 5)
-    descriptors.insert(2, _far_from(person_a, rng))
-    assert find_identity_outliers(descriptors) == {2}
-    assert find_identity_outliers(descriptors, threshold=2.0) == set()
-
-
-def test_identity_rule_edge_cases(person_a):
-    rng = np.random.default_rng(1)
-    b = _far_from(person_a, rng)
-    assert find_identity_outliers([]) == set()
-    assert find_identity_outliers([person_a]) == set()
-    assert find_identity_outliers(_cluster(rng, person_a, 2)) == set()
-    assert find_identity_outliers([person_a, b]) == {0, 1}  # two people, no way to tell which is the user
-    assert find_identity_outliers(_cluster(rng, person_a, 2) + _cluster(rng, b, 2)) == {0, 1, 2, 3}
-    assert find_identity_outliers(_cluster(rng, person_a, 3) + _cluster(rng, b, 2)) == {3, 4}
-    c = _far_from(b, rng)
-    assert find_identity_outliers(_cluster(rng, person_a, 4) + [b, c]) == {4, 5}
-
-
-def test_real_variations_of_one_face_are_one_person():
-    descriptors = list(check_selfies(photos.distinct_good_set()).descriptors.values())
-    assert find_identity_outliers(descriptors) == set()
-    dist = [np.linalg.norm(a - b) for a in descriptors for b in descriptors]
-    assert max(dist) < 0.4
-
-
-def test_check_selfies_names_the_different_person(monkeypatch):
-    # Seam: faces._descriptor (dlib's ResNet). Photo 3's descriptor is moved 0.9 away, as a stranger's would be.
-    real = faces._descriptor
-    calls = {"n": 0}
-    rng = np.random.default_rng(3)
-
-    def descriptor(work, rect):
-        d = real(work, rect)
-        calls["n"] += 1
-        return _far_from(d, rng) if calls["n"] == 3 else d
-
-    monkeypatch.setattr(faces, "_descriptor", descriptor)
-    report = check_selfies(photos.distinct_good_set())
-    assert report.verdicts[2].reason == "photo 3: looks like a different person from the others"
-    assert [v.accepted for v in report.verdicts] == [True, True, False, True, True]
-    assert [p.index for p in report.photos] == [1, 2, 4, 5] and report.ok()
-    assert "❌ photo 3: looks like a different person" in report.checklist()
-
-
-def test_face_descriptor():
-    a = face_descriptor(photos.astronaut())
-    m = face_descriptor(photos.astronaut().transpose(Image.Transpose.FLIP_LEFT_RIGHT))
-    assert a is not None and m is not None and a.shape == (128,)
-    assert 0.0 < np.linalg.norm(a - m) < 0.3
-    assert face_descriptor(Image.open(io.BytesIO(photos.no_face()))) is None
 
 
 # ---- crop geometry --------------------------------------------------------------------------------------------

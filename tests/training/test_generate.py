@@ -6,25 +6,26 @@ import io
 
 import numpy as np
 import pytest
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 from PIL import Image
 
 from kitbooth.errors import InvalidInput, JobCancelled
 from tests.training.test_compose import FakeArtifact, face_ti, lora_state
+from training.compose import Composer, ConceptUse
+from training.generate import GenerationRequest, generate, upscale, vary
+from training.pipeline_calls import encode_text
+from training.png_metadata import IPTC_TRAINED_ALGORITHMIC
 
 SMALL = dict(width=64, height=64, steps=4)
 
 
 @pytest.fixture(scope="module")
 def pipe(tiny_model_dir):
-    from diffusers import StableDiffusionPipeline
-
     return StableDiffusionPipeline.from_pretrained(tiny_model_dir, local_files_only=True)
 
 
 @pytest.fixture(scope="module")
 def composer(pipe):
-    from training.compose import Composer
-
     return Composer(pipe, slots=8, lora_cache=4)
 
 
@@ -33,11 +34,6 @@ def arr(img: Image.Image) -> np.ndarray:
 
 
 def test_cross_user_batch_equals_each_alone(pipe, composer, tiny_model_dir):
-    from diffusers import DPMSolverMultistepScheduler
-
-    from training.compose import ConceptUse
-    from training.generate import GenerationRequest, generate
-
     kit = FakeArtifact("kit", "lora", ["<kb-kit-0>"], None, lora_state(60, tiny_model_dir))
     ra = GenerationRequest("at the stadium", [ConceptUse("alice", face_ti(61)), ConceptUse("kit", kit)],
                            seed=5, count=2, kit_words="home kit", **SMALL)
@@ -61,9 +57,6 @@ def test_cross_user_batch_equals_each_alone(pipe, composer, tiny_model_dir):
 
 
 def test_png_carries_parameters_and_ai_mark(pipe, composer):
-    from training.compose import ConceptUse
-    from training.generate import IPTC_TRAINED_ALGORITHMIC, GenerationRequest, generate
-
     out = generate(pipe, composer, [GenerationRequest("waving", [ConceptUse("c", face_ti(70))], seed=42,
                                                       guidance=6.5, **SMALL)])[0][0]
     png = Image.open(io.BytesIO(out.png))
@@ -80,9 +73,6 @@ def test_png_carries_parameters_and_ai_mark(pipe, composer):
 
 
 def test_cancel_stops_and_restores(pipe, composer, tiny_model_dir):
-    from training.compose import ConceptUse
-    from training.generate import GenerationRequest, encode_text, generate
-
     before = encode_text(pipe, ["a photo"])
     kit = FakeArtifact("kit", "lora", [], None, lora_state(61, tiny_model_dir))
     calls = []
@@ -96,8 +86,6 @@ def test_cancel_stops_and_restores(pipe, composer, tiny_model_dir):
 
 
 def test_safety_checker_blacks_out_flagged_images(pipe, composer):
-    from training.generate import GenerationRequest, generate
-
     out = generate(pipe, composer, [GenerationRequest("x", [], count=2, **SMALL)],
                    safety_checker=lambda images: [True, False])[0]
     assert out[0].nsfw and not out[1].nsfw
@@ -105,8 +93,6 @@ def test_safety_checker_blacks_out_flagged_images(pipe, composer):
 
 
 def test_upscale_skipped_cleanly_without_upscaler_and_lanczos_helper(pipe, composer):
-    from training.generate import GenerationRequest, generate, upscale
-
     img = generate(pipe, composer, [GenerationRequest("x", [], upscale=True, **SMALL)])[0][0]
     assert img.image.size == (64, 64) and not img.upscaled
     big = upscale(pipe, img.image, prompt="a <kb-face-0> person", seed=3)
@@ -115,9 +101,6 @@ def test_upscale_skipped_cleanly_without_upscaler_and_lanczos_helper(pipe, compo
 
 
 def test_vary_is_img2img_from_the_picked_image(pipe, composer):
-    from training.compose import ConceptUse
-    from training.generate import GenerationRequest, generate, vary
-
     req = GenerationRequest("x", [ConceptUse("v", face_ti(90))], seed=1, **SMALL)
     first = generate(pipe, composer, [req])[0][0]
     v = vary(req, first.image, strength=0.5)
@@ -128,9 +111,20 @@ def test_vary_is_img2img_from_the_picked_image(pipe, composer):
     assert np.array_equal(arr(out.image), arr(again.image))  # deterministic
 
 
-def test_request_validation():
-    from training.generate import GenerationRequest
+def test_vary_with_few_steps_still_denoises(pipe, composer):
+    """2 steps × strength 0.35 rounds down to 0 denoising steps in diffusers' img2img: the schedule is lengthened
+    so one step runs, the picture changes, and the PNG records a schedule A1111 would replay the same way."""
+    req = GenerationRequest("x", [], seed=1, width=64, height=64, steps=2)
+    first = generate(pipe, composer, [req])[0][0]
+    steps = []
+    v = vary(req, first.image)
+    out = generate(pipe, composer, [v], progress=lambda s, t, im: steps.append((s, t)))[0][0]
+    assert steps == [(1, 1)]
+    assert np.abs(arr(out.image) - arr(first.image)).max() > 5
+    assert "Steps: 3," in out.parameters and "Denoising strength: 0.35" in out.parameters
 
+
+def test_request_validation():
     with pytest.raises(InvalidInput):
         GenerationRequest("x", count=5)
     with pytest.raises(InvalidInput):

@@ -10,16 +10,28 @@ checked by faking the device where nothing has to run on it.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import types
 
 import numpy as np
 import pytest
 import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.models.attention_processor import AttnProcessor2_0
 from PIL import Image
+from safetensors.torch import load
 
 from tests.training.concepts import synthetic_images
 from tests.training.test_compose import FakeArtifact, face_ti, lora_state
+from training.artifact import load_artifact, save_artifact
+from training.compose import Composer, ConceptUse
+from training.config import default_config
+from training.generate import GenerationRequest, generate, upscale, vary
+from training.loop import Trainer
+from training.models import load_base_pipeline
+from training.pipeline_calls import encode_text
+from training.train_step import amp_dtype
 
 torch.set_num_threads(1)
 
@@ -48,9 +60,6 @@ PIXEL_TOL = 6
 @pytest.fixture(scope="module", params=HALF)
 def half(request, tiny_model_dir):
     """(dtype, pipeline loaded by the production loader in that dtype on CPU, composer)."""
-    from training.compose import Composer
-    from training.models import load_base_pipeline
-
     pipe = load_base_pipeline(tiny_model_dir, device="cpu", dtype=request.param, safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     composer = Composer(pipe, slots=8, lora_cache=3)
@@ -59,8 +68,6 @@ def half(request, tiny_model_dir):
 
 
 def _run(pipe, prompts: list[str], seed: int = 0) -> np.ndarray:
-    from training.generate import encode_text
-
     n = len(prompts)
     pos, neg = encode_text(pipe, prompts), encode_text(pipe, [""] * n)
     lat = torch.cat([torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(seed)) for _ in range(n)])
@@ -84,8 +91,6 @@ def _arr(img: Image.Image) -> np.ndarray:
 
 # --- loading -------------------------------------------------------------------------------------------------
 def test_loader_keeps_the_half_dtype_and_sdpa(half):
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
     dtype, pipe, _ = half
     assert pipe.unet.dtype == pipe.text_encoder.dtype == pipe.vae.dtype == dtype
     assert pipe.device.type == "cpu"
@@ -94,8 +99,6 @@ def test_loader_keeps_the_half_dtype_and_sdpa(half):
 
 # --- composition ---------------------------------------------------------------------------------------------
 def test_compose_ti_lora_and_mixed_batch_in_half_then_exact_restore(half, tiny_model_dir):
-    from training.compose import ConceptUse
-
     dtype, pipe, composer = half
     emb = pipe.text_encoder.get_input_embeddings().weight
     p = "a photo of a person"
@@ -131,9 +134,6 @@ def test_compose_ti_lora_and_mixed_batch_in_half_then_exact_restore(half, tiny_m
 
 # --- generation ----------------------------------------------------------------------------------------------
 def test_generate_batched_with_previews_vary_and_upscale_in_half(half, tiny_model_dir):
-    from training.compose import ConceptUse
-    from training.generate import GenerationRequest, generate, upscale, vary
-
     dtype, pipe, composer = half
     small = dict(width=64, height=64, steps=3)
     kit = FakeArtifact("kit", "lora", [], None, lora_state(4, tiny_model_dir))
@@ -189,14 +189,6 @@ def test_generate_batched_with_previews_vary_and_upscale_in_half(half, tiny_mode
     ("pivotal", {"ti_fraction": 0.5}),
 ])
 def test_trainers_on_a_half_pipeline_resume_restore_and_export(half, method, extra):
-    from safetensors.torch import load
-
-    from training.artifact import load_artifact, save_artifact
-    from training.compose import ConceptUse
-    from training.config import default_config
-    from training.generate import GenerationRequest, generate
-    from training.loop import Trainer
-
     dtype, pipe, composer = half
     if dtype == torch.float16 and method == "ti":
         pytest.skip("fp16 on CPU is slow: pivotal covers the TI phase (and the grad scaler)")
@@ -245,32 +237,22 @@ def test_trainers_on_a_half_pipeline_resume_restore_and_export(half, method, ext
 
 # --- CUDA-only branches, checked without a GPU ---------------------------------------------------------------
 def test_autocast_dtype_rules():
-    from training.config import default_config
-    from training.loop import _amp_dtype
-
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     cfg = default_config("face")
-    assert _amp_dtype(cfg, cpu, torch.float32) is None
+    assert amp_dtype(cfg, cpu, torch.float32) is None
     for mp in ("auto", "no", "bf16", "fp16"):
         c = cfg.replace(mixed_precision=mp)
         for dev in (cpu, cuda):  # half weights: always their own dtype (fp16 gets the grad scaler)
-            assert _amp_dtype(c, dev, torch.float16) == torch.float16
-            assert _amp_dtype(c, dev, torch.bfloat16) == torch.bfloat16
-        assert _amp_dtype(c, cpu, torch.float32) is None
-    assert _amp_dtype(cfg.replace(mixed_precision="no"), cuda, torch.float32) is None
-    assert _amp_dtype(cfg.replace(mixed_precision="fp16"), cuda, torch.float32) == torch.float16
-    assert _amp_dtype(cfg.replace(mixed_precision="bf16"), cuda, torch.float32) == torch.bfloat16
+            assert amp_dtype(c, dev, torch.float16) == torch.float16
+            assert amp_dtype(c, dev, torch.bfloat16) == torch.bfloat16
+        assert amp_dtype(c, cpu, torch.float32) is None
+    assert amp_dtype(cfg.replace(mixed_precision="no"), cuda, torch.float32) is None
+    assert amp_dtype(cfg.replace(mixed_precision="fp16"), cuda, torch.float32) == torch.float16
+    assert amp_dtype(cfg.replace(mixed_precision="bf16"), cuda, torch.float32) == torch.bfloat16
 
 
 def test_cuda_branch_of_attach_restores_tf32_and_attention(tiny_model_dir, monkeypatch):
     """The CUDA-only part of ``Trainer._attached`` (TF32 on, xformers tried): both undone on exit."""
-    import importlib.util
-
-    from diffusers import StableDiffusionPipeline
-
-    from training.config import default_config
-    from training.loop import Trainer
-
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model_dir, local_files_only=True, dtype=torch.bfloat16)
     cfg = default_config("face", method="lora", resolution=64, steps=2, checkpoint_every=0,
                          gradient_checkpointing=True)

@@ -6,14 +6,13 @@ import subprocess
 import sys
 
 import pytest
+from transformers import CLIPTokenizer
 
 from training.prompts import DEFAULT_NEGATIVE, MAX_TOKENS, build_prompt, count_tokens, find_reserved
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from transformers import CLIPTokenizer
-
     return CLIPTokenizer.from_pretrained(tiny_model_dir / "tokenizer", local_files_only=True)
 
 

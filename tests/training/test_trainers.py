@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from peft import LoraConfig
 from PIL import Image
 
 from tests.training.concepts import load_pipe, synthetic_images
@@ -171,8 +172,6 @@ def test_max_seconds_and_checkpoint_callback(pipe, images):
 
 def _add_resident_adapter(pipe) -> None:
     """A LoRA the worker keeps resident between jobs (non-zero weights, active)."""
-    from peft import LoraConfig
-
     pipe.unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights=False, target_modules=["to_q", "to_v"]),
                           adapter_name="resident")
     with torch.no_grad():

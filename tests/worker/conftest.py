@@ -23,8 +23,14 @@ from discord import app_commands
 from discord.ext import commands
 
 from gpu_worker import contract
+from gpu_worker.context import CTX_KEY, WorkerContext
 
 WORKER_REDIS_URL = os.environ.get("KITBOOTH_TEST_WORKER_REDIS_URL", "redis://127.0.0.1:6379/14")
+
+
+def wctx(worker) -> WorkerContext:
+    """The running worker's ``WorkerContext``."""
+    return worker.ctx[CTX_KEY]
 
 
 @pytest.fixture
@@ -123,7 +129,7 @@ async def start_worker(worker_settings, engine, store):
         w = build_worker(settings or worker_settings, handle_signals=False, **inject)
         task = asyncio.create_task(w.async_run())
         for _ in range(500):  # until on_startup has run
-            if "events" in w.ctx or task.done():
+            if CTX_KEY in w.ctx or task.done():
                 break
             await asyncio.sleep(0.01)
         if task.done():
@@ -156,6 +162,16 @@ async def wait_events(redis, stream: str, pred, timeout: float = 30.0) -> list[c
             return evs
         await asyncio.sleep(0.02)
     raise AssertionError(f"timed out waiting for events; have {[(e.type, e.job_id) for e in evs]}")
+
+
+async def until_empty(store, prefix: str, timeout: float = 5.0) -> bool:
+    """True once nothing is left under ``prefix`` (a training deletes its meta.json just after concept.ready)."""
+    deadline = time.monotonic() + timeout
+    while store.list(prefix):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 def face_artifact(seed: int, hidden: int = 32, base_model: str = "tiny"):

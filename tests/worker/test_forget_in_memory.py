@@ -8,7 +8,7 @@ import hashlib
 from gpu_worker import contract
 from gpu_worker.worker import forget_deleted
 from storage import keys
-from tests.worker.conftest import put_face, wait_events
+from tests.worker.conftest import put_face, wait_events, wctx
 from tests.worker.test_generate import _payload
 
 
@@ -28,13 +28,13 @@ async def test_deleted_concepts_leave_worker_memory(arq_pool, store, start_worke
         await arq_pool.enqueue_job(contract.GENERATE_JOB, p.to_dict(), _job_id=contract.arq_job_id(job_id))
     await wait_events(arq_pool, worker_settings.events_stream,
                       lambda e: sum(x.type == "job.done" for x in e) >= 2)
-    cache = w.ctx["concepts"]
+    cache = wctx(w).concepts
     assert face_key in cache.cached_keys() and face_key in engine.composer.resident_adapters()
 
     store.delete_prefix(keys.user_prefix(uid))  # what /forget does to the store
-    gone = await forget_deleted(w.ctx)
+    gone = await forget_deleted(wctx(w))
 
     assert gone == [face_key]
     assert face_key not in cache.cached_keys() and face_key not in engine.composer.resident_adapters()
     assert other.key in cache.cached_keys()
-    assert await forget_deleted(w.ctx) == []
+    assert await forget_deleted(wctx(w)) == []

@@ -10,7 +10,7 @@ from PIL import Image
 
 from gpu_worker import contract
 from storage import keys
-from tests.worker.conftest import put_face, read_events, target_of, wait_events
+from tests.worker.conftest import put_face, read_events, target_of, wait_events, wctx
 
 
 def _payload(job_id: int, user_id: int, target, face=None, **kw) -> contract.GeneratePayload:
@@ -46,14 +46,15 @@ async def test_generate_job_posts_images_and_stores_outputs(simcord_env, arq_poo
         assert Image.open(store.open(k)).size == (64, 64)
     resp = result.response
     assert resp.id == done.data["message_id"] and "at the stadium" in resp.content and "seed 11-14" in resp.content
-    grid = Image.open(__import__("io").BytesIO(await resp.attachments[0].read()))
-    assert grid.size == (128, 128)  # 2×2
+    # each stored image is attached as is (no grid): see test_posted_png.py for its metadata
+    assert [a.filename for a in resp.attachments] == [f"kitbooth-101-{i}.png" for i in range(1, 5)]
+    assert [await a.read() for a in resp.attachments] == [store.get_bytes(k) for k in done.data["output_keys"]]
     ids = [c["custom_id"] for row in resp.components for c in row["components"]]
     assert contract.parse_button_id(ids[0]) == contract.ButtonId("upscale", 101, 0, alice.id)
     assert {contract.parse_button_id(i).action for i in ids} == {"upscale", "reroll", "vary", "delete"}
     assert env_user is not None and len(ch.history()) == 1
     w = start_worker.workers[-1]
-    pipeline = next(t["pipeline"] for t in w.ctx["timings"] if t["job_id"] == 101)
+    pipeline = next(t["pipeline"] for t in wctx(w).timings if t["job_id"] == 101)
     total = done.ts - t0
     print(f"generate: enqueue->posted+event {total * 1000:.0f} ms, pipeline {pipeline * 1000:.0f} ms, "
           f"queue overhead {(total - pipeline) * 1000:.0f} ms")
@@ -76,11 +77,11 @@ async def test_two_users_share_one_pipeline_call_each_with_their_own_face(
     # Same prompt and seed: only the face concept differs.
     for i, u in enumerate(users):
         await _enqueue(arq_pool, _payload(200 + i, u.id, targets[i], faces[i], count=1, seed=5))
-    calls_before = len(engine.calls)
+    calls_before = list(engine.calls)
     await start_worker(http=simcord_env.bot.http)
     evs = await wait_events(arq_pool, worker_settings.events_stream,
                             lambda e: sum(x.type == "job.done" for x in e) == 2)
-    assert engine.calls[calls_before:] == [2]  # ONE pipeline call for both users
+    assert list(engine.calls)[len(calls_before):] == [2]  # ONE pipeline call for both users
     out = {e.job_id: np.asarray(Image.open(store.open(e.data["output_keys"][0])), dtype=np.float32) for e in evs}
     assert np.abs(out[200] - out[201]).mean() > 1.0  # different faces -> different pictures
     # Each batched image equals its user's request generated alone (so it carries that user's face).
@@ -130,7 +131,7 @@ async def test_bad_payloads_fail_clearly_and_the_worker_keeps_serving(arq_pool, 
     assert all(by[j].type == "job.failed" for j in (301, 302, 303, 304, 305, 306))
     assert "no longer exists" in reasons[301]
     assert "different base model" in reasons[302]
-    assert "damaged" in reasons[303] or "not a concept" in reasons[303]
+    assert "damaged" in reasons[303] or "not a valid" in reasons[303]  # the concept-file validator says why
     assert "too long" in reasons[304] and "10200" in reasons[304]
     assert "could not be read" in reasons[305]
     assert "own face" in reasons[306]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 
 from gpu_worker import contract
+from gpu_worker.context import CTX_KEY
 from storage import keys
 from tests.worker.conftest import put_face, target_of, wait_events
 
@@ -49,7 +50,7 @@ async def test_generate_with_imported_kohya_lora_kit_and_embedding_style(
     assert end.type == "job.done", end.data
     assert store.exists(end.data["output_keys"][0])
     # Both imported files were parsed with their kind, and the kohya LoRA kept its weights.
-    cache = start_worker.workers[-1].ctx["concepts"]
+    cache = start_worker.workers[-1].ctx[CTX_KEY].concepts
     kit_loaded = await cache.get(kit.key, kit.sha256, "kit")
     style_loaded = await cache.get(style.key, style.sha256, "style")
     assert kit_loaded.kind == "kit" and kit_loaded.unet_lora and kit_loaded.embeddings is None

@@ -6,6 +6,8 @@ import asyncio
 import threading
 import time
 
+import pytest
+
 from gpu_worker.gpu import PRIO_GENERATE, PRIO_TRAIN, GpuLane
 
 
@@ -45,7 +47,7 @@ async def test_one_thread_priority_and_batching():
     assert results[2:] == ["img-alice", "img-bob", "img-carol", "img-dave", "img-erin"]
     # generations waited for the running slice only; same-key requests shared a call (max 3)
     assert order == ["slice-1", "batch:alice,bob,carol", "batch:dave", "batch:erin", "slice-2"]
-    assert len(threads) == 1 and lane.batches == [3, 1, 1]
+    assert len(threads) == 1 and list(lane.batches) == [3, 1, 1]
 
 
 async def test_gather_waits_for_jobs_still_preparing():
@@ -79,10 +81,8 @@ async def test_a_failing_call_does_not_stop_the_lane():
         raise RuntimeError("cuda oom")
 
     try:
-        try:
+        with pytest.raises(RuntimeError, match="oom"):
             await lane.call(boom)
-        except RuntimeError as exc:
-            assert "oom" in str(exc)
         assert await lane.call(lambda: 42) == 42
     finally:
         await lane.close()
@@ -117,8 +117,6 @@ async def test_linger_only_when_a_poll_started_several_jobs():
 def test_engine_refuses_a_misconfigured_upscaler_at_start(tiny_model_dir, tmp_path):
     """An operator's bad KITBOOTH_UPSCALER_MODEL stops the worker at start-up with a clear reason
     (instead of every U button failing later)."""
-    import pytest
-
     from gpu_worker.engine import Engine
     from kitbooth.errors import UserFacingError
     from kitbooth.settings import Settings
@@ -131,8 +129,6 @@ def test_engine_refuses_a_misconfigured_upscaler_at_start(tiny_model_dir, tmp_pa
 
 def test_engine_uses_the_configured_safety_checker_model(tiny_model_dir, tmp_path):
     """KITBOOTH_SAFETY_CHECKER_MODEL reaches the loader (a missing one is refused at start-up)."""
-    import pytest
-
     from gpu_worker.engine import Engine
     from kitbooth.errors import UserFacingError
     from kitbooth.settings import Settings
@@ -145,3 +141,18 @@ def test_engine_uses_the_configured_safety_checker_model(tiny_model_dir, tmp_pat
     off = Engine(s.model_copy(update={"safety_checker": False}))
     off.load()
     assert off.pipe.safety_checker is None
+
+
+async def test_batches_and_their_observer_are_bounded_and_fed():
+    from gpu_worker.gpu import RECENT_BATCHES
+
+    lane = GpuLane(max_batch=2, gather_s=0.0)
+    seen: list[int] = []
+    lane.on_batch = seen.append
+    lane.start()
+    try:
+        for i in range(RECENT_BATCHES + 5):
+            await lane.call_batched("k", i, lambda items: list(items))
+    finally:
+        await lane.close()
+    assert len(lane.batches) == RECENT_BATCHES and len(seen) == RECENT_BATCHES + 5

@@ -35,3 +35,5 @@ async def test_metrics_endpoint_after_a_generate_job(arq_pool, store, start_work
     done = [ln for ln in text.splitlines() if ln.startswith("kitbooth_jobs_total{")]
     assert any('kind="generate"' in ln and ln.endswith(" 1.0") for ln in done), done
     assert 'kitbooth_job_seconds_count{kind="generate"' in text
+    # the generation's pipeline call fed the batch-size histogram (one request in one call)
+    assert "kitbooth_generate_batch_size_count 1.0" in text and "kitbooth_generate_batch_size_sum 1.0" in text

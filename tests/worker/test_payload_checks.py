@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from gpu_worker import contract
-from gpu_worker.jobs import check_concept_tokens, validate_generate
+from gpu_worker.validation import check_concept_tokens, validate_generate
 from kitbooth.errors import IncompatibleArtifact, InvalidInput, NotAllowed
 from storage import keys
 
@@ -25,7 +25,7 @@ def _p(**kw) -> contract.GeneratePayload:
 
 def test_a_well_formed_payload_passes():
     validate_generate(_p(kit=contract.ConceptRef(key=keys.guild_concept_key(GUILD, 3), kind="kit"),
-                         kit_words="red shirt", style_words="comic book"), 1000)
+                         kit_words="red shirt", style_words="comic book"))
 
 
 @pytest.mark.parametrize("field", ["prompt", "kit_words", "style_words", "negative_prompt"])
@@ -33,7 +33,7 @@ def test_a_well_formed_payload_passes():
                                   "\uff1ckb-slot-0\uff1e fullwidth", "<\u200bkb-slot-0>"])
 def test_slot_and_special_tokens_are_refused_in_every_prompt_part(field, text):
     with pytest.raises(InvalidInput, match="reserved"):
-        validate_generate(_p(**{field: text}), 1000)
+        validate_generate(_p(**{field: text}))
 
 
 @pytest.mark.parametrize("face", [
@@ -43,7 +43,7 @@ def test_slot_and_special_tokens_are_refused_in_every_prompt_part(field, text):
 ])
 def test_face_must_be_the_requesters_own(face):
     with pytest.raises(NotAllowed):
-        validate_generate(_p(face=face), 1000)
+        validate_generate(_p(face=face))
 
 
 @pytest.mark.parametrize("slot", ["kit", "style"])
@@ -57,19 +57,19 @@ def test_face_must_be_the_requesters_own(face):
 def test_kit_and_style_must_be_this_servers(slot, key, guild_id):
     ref = contract.ConceptRef(key=key, kind=slot)
     with pytest.raises(NotAllowed):
-        validate_generate(_p(guild_id=guild_id, **{slot: ref}), 1000)
+        validate_generate(_p(guild_id=guild_id, **{slot: ref}))
 
 
 def test_kit_ref_with_the_wrong_kind_is_refused():
     with pytest.raises(NotAllowed):
-        validate_generate(_p(kit=contract.ConceptRef(key=keys.guild_concept_key(GUILD, 3), kind="face")), 1000)
+        validate_generate(_p(kit=contract.ConceptRef(key=keys.guild_concept_key(GUILD, 3), kind="face")))
 
 
 def test_variation_source_must_be_own_and_a_plain_key():
     with pytest.raises(NotAllowed):
-        validate_generate(_p(variation_of=keys.output_key(ALICE, 9, 0)), 1000)
+        validate_generate(_p(variation_of=keys.output_key(ALICE, 9, 0)))
     with pytest.raises(NotAllowed):
-        validate_generate(_p(variation_of=f"users/{BOB}/../{ALICE}/outputs/9/0.png"), 1000)
+        validate_generate(_p(variation_of=f"users/{BOB}/../{ALICE}/outputs/9/0.png"))
 
 
 @pytest.mark.parametrize("tokens", [["<kb-slot-0>"], ["<KB-SLOT-3>"], ["x<kb-slot-1>y"], ["<|endoftext|>"],

@@ -11,9 +11,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from gpu_worker import contract
+from gpu_worker.checkpoints import load_photos
 from gpu_worker.engine import SliceWork
 from storage import keys
-from tests.worker.conftest import put_face, target_of, wait_events
+from tests.worker.conftest import put_face, target_of, until_empty, wait_events, wctx
+from tests.worker.test_posted_png import assert_marked
 
 
 def photos(n: int = 4, size: int = 64) -> list[bytes]:
@@ -45,10 +47,9 @@ def train_payload(store, uid: int, job_id: int, *, steps: int, target=None, cid:
 
 def reference_artifact(engine, store, p: contract.TrainPayload):
     """The same training in one uninterrupted run (no slicing, no worker)."""
-    from gpu_worker.jobs import _load_photos
     from training.artifact import load_artifact
 
-    images, masks = _load_photos(store, p.photo_keys)
+    images, masks = load_photos(store, p.photo_keys)
     res = engine.train_slice(SliceWork(payload=p, images=images, masks=masks, state=None, max_steps=None,
                                        max_seconds=None, samples=0))
     assert res.done
@@ -85,16 +86,17 @@ async def test_sliced_training_equals_an_uninterrupted_run(simcord_env, arq_pool
                             timeout=90)
     ready = next(e for e in evs if e.type == "concept.ready")
     assert [e.type for e in evs] == ["job.started", "job.progress", "job.progress", "concept.ready"]
-    assert [s[2] for s in w.ctx["slices"] if s[0] == "start"] == [0, 1, 2]
+    assert [s[2] for s in wctx(w).slices if s[0] == "start"] == [0, 1, 2]
     data = store.get_bytes(p.artifact_key)
     import hashlib
 
     assert ready.data["sha256"] == hashlib.sha256(data).hexdigest() and ready.data["size_bytes"] == len(data)
     assert ready.data["trigger_tokens"] and ready.data["steps"] == 6 and ready.posted
     # photos and checkpoints are gone; the sample image is stored and posted
-    assert not store.list(keys.photos_prefix(alice.id, 1)) and not store.list(p.checkpoint_prefix)
+    assert not store.list(keys.photos_prefix(alice.id, 1)) and await until_empty(store, p.checkpoint_prefix)
     assert all(store.exists(k) for k in ready.data["sample_keys"]) and ready.data["sample_keys"]
     assert result.response.content.startswith("✅") and result.response.attachments
+    assert_marked(await result.response.attachments[0].read(), "portrait")  # the posted sample is marked too
     # the final artifact equals one uninterrupted run's
     p2 = train_payload(store, alice.id, 12, steps=6, cid=2)
     p2 = contract.TrainPayload.from_dict({**p2.to_dict(), "seed": p.seed})
@@ -113,15 +115,15 @@ async def test_generate_during_training_waits_at_most_one_slice(arq_pool, store,
     face = put_face(store, gen_uid, 1, seed=7)
     waits, gaps = [], []
     for n in range(2):  # during slice 0, and during a later slice
-        while not any(s[0] == "start" and s[2] >= 2 * n for s in w.ctx["slices"]):
+        while not any(s[0] == "start" and s[2] >= 2 * n for s in wctx(w).slices):
             await asyncio.sleep(0.01)
         t_enq = time.time()
         g = _payload(40 + n, gen_uid, contract.DiscordTarget(channel_id=1, user_id=gen_uid), face, count=1)
         await arq_pool.enqueue_job(contract.GENERATE_JOB, g.to_dict(), _job_id=contract.arq_job_id(g.job_id))
         await wait_events(arq_pool, settings.events_stream,
                           lambda e, j=g.job_id: any(x.type == "job.done" and x.job_id == j for x in e))
-        t_gpu = next(t["gpu_started"] for t in w.ctx["timings"] if t["job_id"] == g.job_id)
-        ended_before = [s for s in w.ctx["slices"] if s[0] == "end" and t_enq < s[3] < t_gpu]
+        t_gpu = next(t["gpu_started"] for t in wctx(w).timings if t["job_id"] == g.job_id)
+        ended_before = [s for s in wctx(w).slices if s[0] == "end" and t_enq < s[3] < t_gpu]
         # the generation waited for at most one slice: the one on the GPU when it arrived (or, if it arrived
         # between two slices, the one that had just been handed to the GPU)
         assert len(ended_before) <= 1, ended_before
@@ -130,8 +132,8 @@ async def test_generate_during_training_waits_at_most_one_slice(arq_pool, store,
     await wait_events(arq_pool, settings.events_stream, lambda e: any(x.type == "concept.ready" for x in e),
                       timeout=90)
     durations = []
-    starts = {s[2]: s[3] for s in w.ctx["slices"] if s[0] == "start"}
-    durations = [s[3] - starts[s[2]] for s in w.ctx["slices"] if s[0] == "end"]
+    starts = {s[2]: s[3] for s in wctx(w).slices if s[0] == "start"}
+    durations = [s[3] - starts[s[2]] for s in wctx(w).slices if s[0] == "end"]
     print(f"generate enqueue->GPU during training: {[f'{x:.2f}s' for x in waits]} ({gaps} slices); "
           f"slices: {[f'{x:.2f}s' for x in durations]}")
 
@@ -143,7 +145,7 @@ async def test_cancel_mid_training_cleans_up(arq_pool, store, start_worker, work
     p = train_payload(store, uid, 61, steps=2000)  # one long slice
     w = await start_worker(settings)
     await _enqueue_train(arq_pool, p)
-    while not any(s[0] == "start" for s in w.ctx.get("slices", [])):
+    while not any(s[0] == "start" for s in wctx(w).slices):
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.3)  # mid-slice
     t0 = time.time()

@@ -1,0 +1,287 @@
+"""The job runner: ONE wrapper around every job body — parse → validate → run → classify → log → metrics.
+
+A failure's outcome is decided by the exception's TYPE (``POLICY``, first match wins), never by its text:
+
+    JobCancelled                      → cancelled: cleanup, "Cancelled." posted, job.cancelled event
+    PayloadError                      → rejected: failed ("could not be read") when the payload names its job
+                                        and user, else dropped (logged only)
+    UserFacingError                   → failed with the error's own message
+    TransientError (StoreUnavailable) → retried with ``arq.Retry(defer=...)`` up to the kind's ``max_tries``;
+    redis ConnectionError/TimeoutError  then failed with ``TRANSIENT_REASON``
+    anything else                     → logged with the job id; failed with ``GENERIC_REASON``
+
+The runner enforces each kind's timeout itself (``JobTimedOut``, a ``TransientError``: retried, then failed
+with ``TIMEOUT_REASON``), because arq fails a timed-out job for good; arq's own timeout is set
+``TIMEOUT_MARGIN_S`` later, as a backstop. arq cancelling the job's task is an abort (``Job.abort()``:
+handled as a cancel, then the ``CancelledError`` is re-raised so arq records the abort) or a shutdown
+(re-raised: arq runs the job again; on its last try the user is told it failed). A failed or cancelled job
+returns normally, so arq never retries what would fail again. Each ``JobKind`` says its timeout, its tries
+and what to clean up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from arq import Retry
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gpu_worker import contract
+from gpu_worker.context import JobInfo, WorkerContext, worker_context
+from gpu_worker.metrics import job_line
+from kitbooth.errors import JobCancelled, PayloadError, TransientError, UserFacingError
+from kitbooth.render import Outgoing, cancelled_result, failure_result
+from kitbooth.settings import Settings
+
+log = logging.getLogger(__name__)
+jlog = logging.getLogger("gpu_worker.jobs")
+
+GENERIC_REASON = "Something went wrong on our side (job {job_id}). Please try again later."
+TRANSIENT_REASON = ("A service KitBooth depends on did not answer for a while (job {job_id}). "
+                    "Please try again in a few minutes.")
+TIMEOUT_REASON = "This took too long and was stopped (job {job_id}). Please try again later."
+UNREADABLE_REASON = "This request could not be read (bad payload). Please run the command again."
+MAX_RETRY_DEFER_S = 60.0
+TIMEOUT_MARGIN_S = 5.0  # arq's timeout of a job function = the kind's timeout + this (reporting the end)
+REPORT_TIMEOUT_S = 10.0  # reporting a cancelled job's end must not hold up a shutdown
+
+
+class JobTimedOut(TransientError):
+    """The job ran past its kind's timeout: retried like a transient failure (a training resumes its slice)."""
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"  # becomes FAILED or DROPPED, see the module docstring
+    FAILED = "failed"
+    DROPPED = "dropped"
+    RETRY = "retry"
+    ERROR = "error"
+    INTERRUPTED = "interrupted"  # arq timeout or shutdown: arq runs it again
+
+
+POLICY: tuple[tuple[type[BaseException], Outcome], ...] = (
+    (JobCancelled, Outcome.CANCELLED),
+    (PayloadError, Outcome.REJECTED),
+    (UserFacingError, Outcome.FAILED),
+    (TransientError, Outcome.RETRY),  # JobTimedOut included
+    (RedisConnectionError, Outcome.RETRY),
+    (RedisTimeoutError, Outcome.RETRY),
+)
+
+
+def classify(exc: BaseException) -> Outcome:
+    for cls, outcome in POLICY:
+        if isinstance(exc, cls):
+            return outcome
+    return Outcome.ERROR
+
+
+def retry_defer(settings: Settings, job_try: int) -> float:
+    """Seconds before try ``job_try + 1``: exponential from ``retry_defer_s``."""
+    return min(settings.retry_defer_s * 2 ** max(job_try - 1, 0), MAX_RETRY_DEFER_S)
+
+
+class _NotPosted:
+    posted = False
+    message_id = None
+
+
+NOT_POSTED = _NotPosted()
+
+
+@dataclasses.dataclass
+class JobRun:
+    """One run of one job: who it is for, where it posts, and the bookkeeping of its log line and metrics."""
+
+    kind: str
+    arq_id: str | None = None
+    job_try: int = 1
+    job_id: int | None = None
+    user_id: int | None = None
+    target: contract.DiscordTarget | None = None
+    started: float = dataclasses.field(default_factory=time.time)
+    wait: float | None = None
+    steps: int = 0
+    extra: str = ""
+    outcome: Outcome = Outcome.OK
+
+    def bind(self, payload: Any) -> None:
+        self.job_id = getattr(payload, "job_id", None)
+        self.user_id = getattr(payload, "user_id", None)
+        self.target = getattr(payload, "target", None)
+
+    async def post(self, w: WorkerContext, msg: Outgoing) -> Any:
+        """The job's final message (a ``PostResult``; ``posted=False`` when the bot must deliver it)."""
+        if w.poster is None or self.target is None:
+            return NOT_POSTED
+        return await w.poster.final(self.target, msg)
+
+    async def emit(self, w: WorkerContext, type_: str, *, posted: bool = False, **data: Any) -> None:
+        """One event of this job; every event carries ``arq_id`` (the arq job that sent it)."""
+        if not (isinstance(self.job_id, int) and isinstance(self.user_id, int)):
+            return
+        await w.events.send(type_, job_id=self.job_id, user_id=self.user_id, kind=self.kind, target=self.target,
+                            posted=posted, arq_id=self.arq_id, **data)
+
+
+Body = Callable[..., Awaitable[dict]]  # (w, info, run, payload, **kwargs) -> result dict
+
+
+@dataclasses.dataclass(frozen=True)
+class JobKind:
+    """One arq job function: its body and the deliberate arq settings of its kind."""
+
+    name: str
+    body: Body
+    max_tries: int
+    timeout_s: Callable[[Settings], float]
+    keep_result_s: int = 600
+    # Called once when the job ends for good or is cancelled (not on a retry): delete what it leaves behind.
+    on_end: Callable[[WorkerContext, Any, Outcome], Awaitable[None]] | None = None
+    # Appended to every failure reason (a training says its photos were deleted and how to try again).
+    failure_hint: Callable[[Any], str] | None = None
+
+
+def parse(kind: str, raw: Any) -> Any:
+    cls = contract.PAYLOAD_TYPES[kind]
+    return cls.from_json(raw) if isinstance(raw, str | bytes) else cls.from_dict(raw)
+
+
+def salvage(raw: Any) -> tuple[int | None, int | None, contract.DiscordTarget | None]:
+    """job id, user id and target of a payload that does not parse (to report the failure anyway)."""
+    if isinstance(raw, str | bytes):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None, None, None
+    if not isinstance(raw, dict):
+        return None, None, None
+    job_id = raw.get("job_id") if isinstance(raw.get("job_id"), int) else None
+    user_id = raw.get("user_id") if isinstance(raw.get("user_id"), int) else None
+    target = None
+    with contextlib.suppress(PayloadError):
+        target = contract.DiscordTarget.from_dict(raw.get("target"))
+    return job_id, user_id, target
+
+
+async def run_job(ctx: dict, kind: JobKind, raw: Any, **kwargs: Any) -> dict:
+    """Run ``kind.body`` on the payload ``raw`` under the failure policy; see the module docstring."""
+    w, info = worker_context(ctx), JobInfo.of(ctx)
+    run = JobRun(kind=kind.name, arq_id=info.arq_id, job_try=info.job_try)
+    run.wait = (run.started - info.enqueued_at) if info.enqueued_at is not None else None
+    t0 = time.perf_counter()
+    payload = None
+    try:
+        try:
+            payload = parse(kind.name, raw)
+        except PayloadError:
+            run.job_id, run.user_id, run.target = salvage(raw)
+            raise
+        run.bind(payload)
+        deadline = asyncio.timeout(kind.timeout_s(w.settings))
+        try:
+            async with deadline:  # cancels the body at the limit (its CancelWatch stops the GPU thread too)
+                return await kind.body(w, info, run, payload, **kwargs)
+        except TimeoutError:
+            if deadline.expired():
+                raise JobTimedOut(f"ran past {kind.timeout_s(w.settings):.0f}s") from None
+            raise
+    except asyncio.CancelledError:
+        if w.aborted(info.arq_id):  # Job.abort(): a cancel; arq records the abort from the re-raised error
+            await _shielded(_end(w, kind, run, payload, Outcome.CANCELLED, ""))
+        elif info.job_try >= kind.max_tries:  # a shutdown on the last try: arq will not run it again, say so
+            await _shielded(_end(w, kind, run, payload, Outcome.FAILED, GENERIC_REASON.format(job_id=run.job_id)))
+        else:
+            run.outcome = Outcome.INTERRUPTED
+        raise
+    except Exception as exc:
+        outcome = classify(exc)
+        if outcome is Outcome.RETRY and info.job_try < kind.max_tries:
+            run.outcome = Outcome.RETRY
+            defer = retry_defer(w.settings, info.job_try)
+            log.warning("job %s (%s) try %d/%d: %s: %s; retrying in %.1fs", run.job_id, kind.name, info.job_try,
+                        kind.max_tries, type(exc).__name__, exc, defer)
+            raise Retry(defer=defer) from exc
+        reason = _reason(exc, outcome, run)
+        if outcome is Outcome.REJECTED:
+            log.warning("job %s (%s): bad payload: %s", run.job_id, kind.name, exc)
+            outcome = Outcome.FAILED if run.job_id is not None and run.user_id is not None else Outcome.DROPPED
+        elif outcome is Outcome.ERROR:
+            log.exception("job %s (%s) failed", run.job_id, kind.name)
+        elif outcome is Outcome.RETRY:
+            log.warning("job %s (%s): giving up after %d tries: %s", run.job_id, kind.name, info.job_try, exc)
+            outcome = Outcome.FAILED
+        try:
+            await _end(w, kind, run, payload, outcome, reason)
+        except Exception as end_exc:
+            if classify(end_exc) is not Outcome.RETRY or info.job_try >= kind.max_tries:
+                raise
+            run.outcome = Outcome.RETRY  # e.g. Redis blinked while the failure was reported: report it again
+            raise Retry(defer=retry_defer(w.settings, info.job_try)) from end_exc
+        if outcome is Outcome.CANCELLED:
+            return {"ok": False, "cancelled": True}
+        return {"ok": False, "reason": reason}
+    finally:
+        dt = time.perf_counter() - t0
+        jlog.info(job_line(job_id=run.job_id if run.job_id is not None else "-", kind=kind.name,
+                           user_id=run.user_id, outcome=run.outcome.value, wait=run.wait, seconds=dt,
+                           steps=run.steps, extra=" ".join(x for x in (run.extra, f"arq={run.arq_id}") if x)))
+        w.metrics.observe_job(kind=kind.name, outcome=run.outcome.value, seconds=dt, wait=run.wait)
+
+
+def _reason(exc: BaseException, outcome: Outcome, run: JobRun) -> str:
+    if outcome is Outcome.FAILED:
+        return exc.message if isinstance(exc, UserFacingError) else str(exc)
+    if outcome is Outcome.REJECTED:
+        return UNREADABLE_REASON
+    if isinstance(exc, JobTimedOut):
+        return TIMEOUT_REASON.format(job_id=run.job_id)
+    if outcome is Outcome.RETRY:
+        return TRANSIENT_REASON.format(job_id=run.job_id)
+    return GENERIC_REASON.format(job_id=run.job_id if run.job_id is not None else run.arq_id)
+
+
+async def _shielded(coro: Awaitable[None]) -> None:
+    """Report the end of a job whose task arq just cancelled (bounded: a shutdown must not hang on it)."""
+    try:
+        await asyncio.wait_for(coro, REPORT_TIMEOUT_S)
+    except Exception:  # noqa: BLE001 - the job is over either way
+        log.exception("reporting the end of an interrupted job failed")
+
+
+async def _end(w: WorkerContext, kind: JobKind, run: JobRun, payload: Any, outcome: Outcome, reason: str) -> None:
+    """Clean up, then tell the user and the bot: a failure or a cancel."""
+    run.outcome = outcome
+    if payload is not None and kind.on_end is not None:
+        await kind.on_end(w, payload, outcome)
+    if outcome is Outcome.DROPPED:
+        return
+    if outcome is Outcome.CANCELLED:
+        res = await run.post(w, cancelled_result())
+        await run.emit(w, "job.cancelled", posted=res.posted)
+        return
+    if payload is not None and kind.failure_hint is not None:
+        reason = f"{reason} {kind.failure_hint(payload)}"
+    res = await run.post(w, failure_result(reason))
+    await run.emit(w, "job.failed", posted=res.posted, reason=reason, retryable=False)
+
+
+def arq_function(kind: JobKind) -> Callable[..., Awaitable[dict]]:
+    """The coroutine arq calls for ``kind`` (one argument: the payload; keyword arguments reach the body)."""
+
+    async def job(ctx: dict, payload: Any, **kwargs: Any) -> dict:
+        return await run_job(ctx, kind, payload, **kwargs)
+
+    job.__name__ = job.__qualname__ = kind.name
+    return job
