@@ -12,9 +12,12 @@ COPY bot ./bot
 COPY benchmarks ./benchmarks
 # The one install recipe: the test command builds its per-process venvs with it too (scripts/test-processes).
 COPY scripts/install-process ./scripts/install-process
+# Both images run as this non-root user; the volumes' mount points belong to it (a new named volume copies that).
+RUN useradd --create-home --uid 10001 kitbooth && mkdir -p /data /models && chown kitbooth:kitbooth /data /models
 
 FROM base AS bot
 RUN sh scripts/install-process bot
+USER kitbooth
 VOLUME ["/data"]
 CMD ["kitbooth", "bot"]
 
@@ -28,5 +31,6 @@ ARG TORCH_PIP_ARGS=""
 ARG INSTALL_XFORMERS=0
 RUN TORCH_SPEC="torch==${TORCH_VERSION}" sh scripts/install-process worker
 ENV HF_HOME=/models
+USER kitbooth
 VOLUME ["/data", "/models"]
 CMD ["kitbooth", "worker"]

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="real SD 1.5 architecture with random weights in fp16 (needs --device cuda); adds the "
                         "GPU-mode figures")
     p.add_argument("--json", metavar="FILE", help="write the figures as JSON (null where not measured)")
-    p.add_argument("--only", action="append", choices=("sizes", "train", "swap", "batch", "queue", "bot", "gpu"),
+    p.add_argument("--only", action="append", choices=("sizes", "train", "swap", "batch", "levers", "queue", "bot", "gpu"),
                    help="run only this section (repeatable)")
     # Fewest repeats and smallest sizes: proves the command end to end in a few seconds (the smoke test).
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)

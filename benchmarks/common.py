@@ -33,6 +33,8 @@ KEYS = (
     "generate_4x25_seconds",
     "train_peak_gib",
     "generate_peak_gib",
+    "best_of_cost_ratio",  # issue 14: time per image shown with best-of-N (N = 2k) ÷ plain generation
+    "face_detail_cost_ratio",  # issue 14: with the face-detail pass ÷ plain generation
 )
 
 # Targets (issue 7): (key, comparison, bound). Lower is better for "<=", higher for ">=".

@@ -111,21 +111,21 @@ def _quiet() -> None:
 
 def run(settings: Any, *, quick: bool = False, smoke: bool = False, device: str = "cpu", full_size: bool = False,
         only: list[str] | None = None, cache: Path | None = None, echo: Any = print) -> Report:
-    """Run the benchmarks; ``only`` restricts to sections (train, swap, batch, queue, bot, sizes, gpu)."""
+    """Run the benchmarks; ``only`` restricts to sections (train, swap, batch, levers, queue, bot, sizes, gpu)."""
     _quiet()
     dev = resolve_device(device)
     if full_size and dev.type != "cuda":
         raise BenchError("--full-size needs --device cuda (one SD 1.5 UNet step takes ~15 s on a CPU)")
     import torch
 
-    from benchmarks import batch, bot_generate, fullsize, queue, sizes, swap, train
+    from benchmarks import batch, bot_generate, fullsize, levers, queue, sizes, swap, train
     from benchmarks.common import load_tiny
     from training.compose import Composer
 
     profile = PROFILES["full-size" if full_size else "smoke" if smoke else "quick" if quick else "default"]
     cache = cache or default_cache()
     report = Report()
-    sections = set(only or ["sizes", "train", "swap", "batch", "queue", "bot", "gpu"])
+    sections = set(only or ["sizes", "train", "swap", "batch", "levers", "queue", "bot", "gpu"])
     t_all = time.perf_counter()
     header = [machine_line(dev), f"profile: {profile.name}; model: "
               + ("SD 1.5 architecture, random weights, fp16" if full_size else "tiny SD-1.5-shaped (random, fp32)")]
@@ -158,6 +158,8 @@ def run(settings: Any, *, quick: bool = False, smoke: bool = False, device: str 
                                   size=p.swap_size, repeats=p.swap_repeats, diffusers_repeats=p.diffusers_repeats))
     step("batch", lambda: batch.run(report, pipe=pipe, composer=composer, device=dev, size=p.batch_size,
                                     steps=p.batch_steps, repeats=p.batch_repeats))
+    step("levers", lambda: levers.run(report, pipe=pipe, composer=composer, device=dev, size=p.batch_size,
+                                      steps=p.batch_steps, repeats=p.batch_repeats))
     step("queue", lambda: queue.run(report, settings=settings, pipe=pipe, composer=composer, size=p.queue_size,
                                     steps=p.queue_steps, repeats=p.queue_repeats,
                                     gens_during_training=p.gens_during_training, slice_seconds=p.slice_seconds,

@@ -7,6 +7,7 @@ re-enqueues jobs Redis lost (start-up reconcile) and syncs the command tree.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -18,10 +19,12 @@ from arq.connections import RedisSettings
 from discord.ext import commands
 from redis.asyncio import Redis
 
-from bot import buttons, errors, events, reconcile
+from bot import buttons, errors, events, health, reconcile
+from bot.metrics import BotMetrics
 from bot.services import PhotoChecker, Services
+from kitbooth.health import HealthServer
 from kitbooth.settings import Settings
-from storage import LocalArtifactStore
+from storage import open_store
 from storage.database import Database
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,8 @@ class KitBoothBot(commands.Bot):
         self.run_reconcile = run_reconcile
         self._seams = {"photo_checker": photo_checker, "clock": clock}
         self.consumer: events.EventConsumer | None = None  # once started
+        self.health: HealthServer | None = None  # /healthz + /readyz + /metrics when KITBOOTH_HEALTH_PORT is set
+        self.metrics = BotMetrics()  # bot.errors counts refusals and incidents; on_app_command_completion the rest
 
     # --- lifecycle -----------------------------------------------------------------------------------
     async def _open_services(self) -> Services:
@@ -79,7 +84,7 @@ class KitBoothBot(commands.Bot):
         if db is None:
             db = await Database.open(s.db_path)
             self._owned.append(db)
-        store = self._injected["store"] or LocalArtifactStore(s.artifacts_path)
+        store = self._injected["store"] or await asyncio.to_thread(open_store, s)  # local or S3, probed once
         redis = self._injected["redis"]
         if redis is None:
             redis = Redis.from_url(s.redis_url)
@@ -91,6 +96,10 @@ class KitBoothBot(commands.Bot):
         return Services(settings=s, db=db, store=store, redis=redis, arq=arq, **self._seams)
 
     async def setup_hook(self) -> None:
+        if self.settings.health_port and self.health is None:
+            self.health = HealthServer(lambda: health.readiness_checks(self),
+                                       metrics=lambda: self.metrics.render(getattr(self, "services", None)))
+            await self.health.start(self.settings.health_port)
         if getattr(self, "services", None) is None:
             self.services = await self._open_services()
         errors.install(self)
@@ -116,6 +125,9 @@ class KitBoothBot(commands.Bot):
         await self.tree.sync()
 
     async def close(self) -> None:
+        if self.health is not None:
+            await self.health.stop()
+            self.health = None
         if self.consumer is not None:
             await self.consumer.stop()
             self.consumer = None
@@ -129,6 +141,9 @@ class KitBoothBot(commands.Bot):
                 except Exception:  # closing is best effort
                     log.debug("close failed for %r", res, exc_info=True)
             self._owned.clear()
+
+    async def on_app_command_completion(self, interaction: discord.Interaction, command: Any) -> None:
+        self.metrics.command(command.qualified_name, "ok")
 
 
 def create_bot(settings: Settings, **kwargs: Any) -> KitBoothBot:

@@ -112,7 +112,9 @@ async def do_upscale(services: Services, interaction: discord.Interaction, bid: 
         channel_id=interaction.channel_id, interaction_id=interaction.id, concept_id=job.concept_id,
     )
     queue = await jobs.queue_position(services, new)
-    await interaction.followup.send(f"🔍 Upscaling image {bid.index + 1} — {jobs.format_queue(queue)} · job {new.id}")
+    sent = await interaction.followup.send(
+        f"🔍 Upscaling image {bid.index + 1} — {jobs.format_queue(queue)} · job {new.id}", wait=True)
+    await jobs.record_echo(services, new, sent)  # /forget deletes it
 
 
 async def _regenerate(services: Services, interaction: discord.Interaction, bid: contract.ButtonId, *,
@@ -129,7 +131,9 @@ async def _regenerate(services: Services, interaction: discord.Interaction, bid:
     new, queue = await enqueue_generate(services, interaction, req, face, kind="vary" if vary else "reroll",
                                         variation_of=source)
     what = f"Variations of image {bid.index + 1}" if vary else "Reroll"
-    await interaction.followup.send(f"{what} — {describe(req)}\n⏳ {jobs.format_queue(queue)} · job {new.id}")
+    sent = await interaction.followup.send(f"{what} — {describe(req)}\n⏳ {jobs.format_queue(queue)} · job {new.id}",
+                                           wait=True)
+    await jobs.record_echo(services, new, sent)  # /forget deletes it
 
 
 async def do_reroll(services: Services, interaction: discord.Interaction, bid: contract.ButtonId) -> None:

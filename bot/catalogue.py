@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import sqlite3
+import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 import discord
 from discord import app_commands
 
-from bot import cancel
+from bot import cancel, text_checks
 from gpu_worker import contract
 from kitbooth import limits
 from kitbooth.errors import Busy, InvalidInput, NotAllowed, NotFound
@@ -113,13 +114,14 @@ def validate_name(name: str, kind: Kind = "kit") -> str:
 
 
 def validate_description(text: str, kind: Kind = "kit") -> str:
-    text = " ".join((text or "").split())
-    if len(text) < 3:
+    text = text_checks.clean_text(text)
+    folded = unicodedata.normalize("NFKC", text)  # checked as the tokenizer will see it, like prompts
+    if len(text) < 3 or not text_checks.has_visible(folded):
         raise InvalidInput(f"Describe the {kind} in a few words, e.g. "
                            f"{'`white shirt with a red collar, navy shorts`' if kind == 'kit' else '`oil painting, visible brush strokes`'}.")
     if len(text) > MAX_DESCRIPTION:
         raise InvalidInput(f"Keep the description to {MAX_DESCRIPTION} characters.")
-    if find_reserved(text) or "@" in text:
+    if find_reserved(text) or find_reserved(folded) or "@" in folded:
         raise InvalidInput("Descriptions are plain words: no `<...>` tokens, `<|...|>` markers or mentions.")
     return text
 
@@ -142,7 +144,7 @@ def require_manager(interaction: discord.Interaction) -> None:
 async def get_entry(db: Database, guild_id: int, name: str, kind: Kind = "kit") -> Kit:
     """The named entry, or ``NotFound`` naming close matches."""
     await ensure_seeded(db, guild_id)
-    kit = await db.get_kit(guild_id, " ".join((name or "").split()), kind)
+    kit = await db.get_kit(guild_id, text_checks.clean_text(name), kind)  # no lone surrogate reaches SQLite
     if kit is not None:
         return kit
     words = [w for w in re.split(r"\W+", name or "") if len(w) >= 3]
@@ -150,7 +152,7 @@ async def get_entry(db: Database, guild_id: int, name: str, kind: Kind = "kit") 
     for w in words[:3]:
         close += [k.name for k in await db.list_kits(guild_id, kind, search=w, limit=5)]
     hint = f" Did you mean {', '.join(f'`{c}`' for c in list(dict.fromkeys(close))[:5] if c)}?" if close else ""
-    raise NotFound(f"There is no {kind} called `{_clip(name)}` in this server.{hint} "
+    raise NotFound(f"There is no {kind} called “{_clip(name)}” in this server.{hint} "
                    f"`/{kind}s` lists them all.")
 
 
@@ -252,5 +254,4 @@ async def style_autocomplete(interaction: discord.Interaction, current: str) -> 
 
 
 def _clip(text: str, n: int = 40) -> str:
-    text = re.sub(r"[`@<>|]", "", text or "")
-    return text if len(text) <= n else text[: n - 1] + "…"
+    return text_checks.shown(text, n)  # escaped, valid UTF-8, no mentions

@@ -1,7 +1,8 @@
 """Subcommands contributed to ``kitbooth`` (see kitbooth/cli.py): ``bot``, ``up`` and ``doctor``. Torch-free.
 
-``kitbooth up`` is the no-Docker path: it migrates the database, then runs the bot and one worker as two child
-processes and forwards SIGINT/SIGTERM to them.
+``kitbooth up`` is the no-Docker path: it migrates the database, starts a private redis-server when the
+configured local Redis does not answer (kitbooth/local_redis.py), then runs the bot and one worker per visible GPU
+(or one CPU worker) as child processes and forwards SIGINT/SIGTERM to them; the private Redis stops last.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from kitbooth.errors import UserFacingError
+from kitbooth.errors import StorageError, UserFacingError
+from kitbooth.local_redis import PrivateRedis, answers
 from kitbooth.settings import redacted_dsn, redis_unreachable
-from storage import LocalArtifactStore
+from storage import open_store
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,8 @@ def _bot(args: argparse.Namespace, settings) -> int:
                               "and update KITBOOTH_DISCORD_TOKEN.") from None
     except RedisConnectionError:
         raise UserFacingError(redis_unreachable(settings.redis_url)) from None
+    except StorageError as exc:  # the store is probed at start: a missing bucket, refused keys, no answer
+        raise UserFacingError(str(exc)) from None
     except aiohttp.ClientConnectorError as exc:
         raise UserFacingError(f"Cannot reach Discord ({exc.host}): check this machine's network.") from None
     return 0
@@ -90,19 +94,74 @@ def _migrate(settings) -> int:
     return asyncio.run(run())
 
 
+def _gpu_count(settings) -> int:
+    """Visible CUDA devices (CUDA_VISIBLE_DEVICES honoured), asked of torch in a child: this module is torch-free."""
+    if settings.device == "cpu":
+        return 0
+    code = "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return 0
+    return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+
+
+def _worker_envs(settings) -> list[dict[str, str]]:
+    """One environment per worker: one per visible GPU (pinned with CUDA_VISIBLE_DEVICES), else one CPU worker.
+    Health and metrics ports are offset so the processes do not collide (the bot keeps the configured one)."""
+    n = _gpu_count(settings)
+    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    envs = []
+    for i in range(max(n, 1)):
+        env = os.environ.copy()
+        if n:
+            env["CUDA_VISIBLE_DEVICES"] = visible[i] if i < len(visible) else str(i)
+            env["KITBOOTH_DEVICE"] = "cuda"
+        if settings.health_port:
+            env["KITBOOTH_HEALTH_PORT"] = str(settings.health_port + 1 + i)
+        if settings.metrics_port:
+            env["KITBOOTH_METRICS_PORT"] = str(settings.metrics_port + i)
+        envs.append(env)
+    return envs
+
+
+def _ensure_redis(settings) -> PrivateRedis | None:
+    if answers(settings.redis_url):
+        return None
+    private = PrivateRedis.start(settings.redis_url, settings.data_dir)
+    print(f"started a private redis-server on {redacted_dsn(settings.redis_url)} (append-only, {private.folder})")
+    return private
+
+
 def _up(args: argparse.Namespace, settings) -> int:
-    if _token(settings) is None:
+    if not args.no_bot and _token(settings) is None:
         print(NO_TOKEN, file=sys.stderr)
+        print("(Or run only the workers with `kitbooth up --no-bot`.)", file=sys.stderr)
         return 2
-    version = _migrate(settings)
-    print(f"database {settings.db_path}: schema version {version}")
+    private = _ensure_redis(settings)
+    try:
+        return _run_children(args, settings)
+    finally:
+        if private is not None:
+            private.stop()
+            print("stopped the private redis-server (queued jobs are kept for the next start)")
+
+
+def _run_children(args: argparse.Namespace, settings) -> int:
     base = [sys.executable, "-m", "kitbooth.cli"] + (["-v"] if args.verbose else [])
-    commands = {"bot": base + ["bot"], "worker": base + ["worker"]}
-    if args.no_worker:
-        commands.pop("worker")
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {}
+    if not args.no_bot:
+        print(f"database {settings.db_path}: schema version {_migrate(settings)}")
+        commands["bot"] = (base + ["bot"], os.environ.copy())
+    if not args.no_worker:
+        envs = _worker_envs(settings)
+        for i, env in enumerate(envs):
+            commands[f"worker{i if len(envs) > 1 else ''}"] = (base + ["worker"], env)
+    if not commands:
+        raise UserFacingError("--no-bot and --no-worker leave nothing to run.")
     children: dict[str, subprocess.Popen] = {}
-    for name, cmd in commands.items():
-        children[name] = subprocess.Popen(cmd, env=os.environ.copy())
+    for name, (cmd, env) in commands.items():
+        children[name] = subprocess.Popen(cmd, env=env)
         print(f"started {name} (pid {children[name].pid})")
 
     stopping = {"signal": None}  # set only when the operator stops us (Ctrl-C, SIGTERM)
@@ -132,13 +191,16 @@ def _up(args: argparse.Namespace, settings) -> int:
                 time.sleep(0.2)
                 continue
             break
-        deadline = time.monotonic() + 20
+        # a worker finishes (checkpoints) its running slice on SIGINT/SIGTERM: give it the job timeout
+        deadline = time.monotonic() + max(20.0, settings.job_timeout_s)
         for child in children.values():
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        if stopping["signal"] is not None:
+            print("stopped: " + ", ".join(f"{n} ({c.returncode})" for n, c in children.items()))
         return code if stopping["signal"] is None else 0
     finally:
         for s, h in old.items():
@@ -166,14 +228,14 @@ def _check_db(settings) -> tuple[bool, str]:
 
 def _check_store(settings) -> tuple[bool, str]:
     try:
-        store = LocalArtifactStore(settings.artifacts_path)
+        store = open_store(settings)  # local folder or S3, probed
         key = f"doctor/check-{os.getpid()}.txt"
         store.put_bytes(key, b"ok")
         ok = store.get_bytes(key) == b"ok"
         store.delete(key)
-        return ok, f"{settings.artifacts_path} is writable"
+        return ok, f"{settings.store_url or settings.artifacts_path} is writable"
     except Exception as exc:
-        return False, f"{settings.artifacts_path}: {type(exc).__name__}: {exc}"
+        return False, f"{settings.store_url or settings.artifacts_path}: {type(exc).__name__}: {exc}"
 
 
 def _check_token(settings) -> tuple[bool, str]:
@@ -255,8 +317,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dev-guild", type=int, help="also sync the commands to this guild (instant)")
     p.set_defaults(func=_bot)
 
-    p = sub.add_parser("up", help="migrate, then run the bot and one GPU worker (no Docker)")
+    p = sub.add_parser("up", help="run the bot and one worker per GPU, with a private Redis when needed (no Docker)")
     p.add_argument("--no-worker", action="store_true", help="run only the bot (workers run elsewhere)")
+    p.add_argument("--no-bot", action="store_true", help="run only the workers (the bot runs elsewhere)")
     p.set_defaults(func=_up)
 
     p = sub.add_parser("doctor", help="check Redis, the database, the store, the token, torch and the model")

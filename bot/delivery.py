@@ -70,7 +70,7 @@ async def render_event(services: Services, event: Event, job: Job | None) -> ren
         return render.generate_result(
             job_id=event.job_id, user_id=event.user_id, prompt=str(data.get("prompt") or payload.get("prompt") or ""),
             seeds=[int(x) for x in data.get("seeds") or []], pngs=pngs, nsfw=data.get("nsfw"),
-            seconds=data.get("seconds"),
+            seconds=data.get("seconds"), likeness=data.get("likeness"),
         )
     if event.type == "job.done" and event.kind == "upscale":
         found = await _read(services, data.get("output_keys"), event.user_id, limit=1)
@@ -100,18 +100,30 @@ async def render_event(services: Services, event: Event, job: Job | None) -> ren
 
 
 async def deliver(bot: discord.Client, services: Services, event: Event, job: Job | None) -> bool:
-    """Post the user-visible message for ``event``; True when something was sent. Exports go by DM."""
+    """Post the user-visible message for ``event``; True when something was sent. Exports go by DM.
+
+    Every message sent is recorded (``messages`` table) so ``/forget`` can delete it."""
     msg = await render_event(services, event, job)
     if msg is None:
         return False
     if event.type == "job.done" and event.kind == "export":
         user = bot.get_user(event.user_id) or await bot.fetch_user(event.user_id)
-        await user.send(**send_kwargs(msg))
+        sent = await user.send(**send_kwargs(msg))
+        await _record(services, event, sent, "export")
         return True
     channel_id = (event.target.channel_id if event.target else None) or (job.channel_id if job else None)
     channel = await resolve_channel(bot, channel_id)
     if channel is None:
         log.warning("job %s: no channel to deliver %s to", event.job_id, event.type)
         return False
-    await channel.send(**send_kwargs(msg, mention=event.user_id))
+    sent = await channel.send(**send_kwargs(msg, mention=event.user_id))
+    await _record(services, event, sent, "delivery")
     return True
+
+
+async def _record(services: Services, event: Event, sent: Any, kind: str) -> None:
+    if sent is None:
+        return
+    guild = getattr(sent, "guild", None)
+    await services.db.record_message(user_id=event.user_id, channel_id=sent.channel.id, message_id=sent.id,
+                                     kind=kind, job_id=event.job_id, guild_id=guild.id if guild else None)

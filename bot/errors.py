@@ -86,6 +86,9 @@ async def handle_interaction_error(interaction: discord.Interaction, error: Base
             interaction.user.id if interaction.user else "?", interaction.guild_id, details.rstrip(),
         )
         text = GENERIC.format(incident=incident)
+    metrics = getattr(interaction.client, "metrics", None)  # bot.metrics.BotMetrics on the KitBooth bot
+    if metrics is not None and interaction.command is not None:
+        metrics.command(interaction.command.qualified_name, "refused" if incident is None else "error")
     await reply(interaction, text)
     return incident
 

@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import discord
 from discord.ext import tasks
 from redis.exceptions import ResponseError
 
@@ -39,6 +41,11 @@ SWEEP_INTERVAL_S = 60.0  # how often jobs arq gave up on (no worker event) are l
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _message_ids(event: Event) -> list[int]:
+    raw = [event.data.get("message_id"), *(event.data.get("message_ids") or [])]
+    return list(dict.fromkeys(int(m) for m in raw if isinstance(m, int | str) and str(m).isdigit() and int(m)))
 
 
 class EventConsumer:
@@ -185,6 +192,7 @@ class EventConsumer:
             return
         t = event.type
         await self._note_arq_id(event, job)
+        await self._note_messages(event, job)
         if t == "job.started":
             if job.status == "queued":
                 await db.update_job(job.id, status="running", attempts=job.attempts + 1)
@@ -219,6 +227,14 @@ class EventConsumer:
                 newest = cand
         if newest != job.arq_id:
             await self.services.db.update_job(job.id, arq_id=newest)
+
+    async def _note_messages(self, event: Event, job: Any) -> None:
+        """Record every message the worker posted for this job (its edit of the original reply, or its channel
+        message), so ``/forget`` can delete it."""
+        channel_id = (event.target.channel_id if event.target else None) or job.channel_id
+        for message_id in _message_ids(event):
+            await self.services.db.record_message(user_id=job.user_id, channel_id=channel_id, message_id=message_id,
+                                                  kind=event.type, job_id=job.id, guild_id=job.guild_id)
 
     async def _job_done(self, event: Event, job: Any) -> None:
         db = self.services.db
@@ -304,4 +320,8 @@ class EventConsumer:
             gone += own_keys([event.data.get("artifact_key")], event.user_id)
         for key in gone:
             await asyncio.to_thread(store.delete, key)
+        channel_id = event.target.channel_id if event.target else None
+        for message_id in _message_ids(event) if channel_id else ():
+            with contextlib.suppress(discord.HTTPException):  # best effort: gone already, or not ours to delete
+                await self.bot.http.delete_message(channel_id, message_id, reason="/forget")
         log.info("events: %s for unknown job %s ignored (files removed)", event.type, event.job_id)

@@ -2,16 +2,19 @@
 
 ``forget_user`` runs in this order, so nothing is left half-deleted that a later step could resurrect:
 
-1. jobs: cancelled through ``bot.cancel`` (queued arq jobs removed, running ones aborted, the contract's user
-   cancel flag set so running jobs stop between steps);
+1. jobs: the contract's forget marker is set (a job in flight that ends later deletes its own result, files and
+   messages and sends no event), then they are cancelled through ``bot.cancel`` (queued arq jobs removed,
+   running ones aborted, the user cancel flag set so running jobs stop between steps);
 2. the server catalogue entries the user created stay with their server, without the creator's id;
-3. the bot's own messages that carried the user's results are deleted from Discord (best effort);
+3. every recorded Discord message that shows the user's face, images or prompt (the ``messages`` table: worker
+   edits and channel messages, the bot's deliveries, queued-reply echoes, export DMs; plus each job's own
+   message id) is deleted by REST: 404 counts as already gone, anything else is named in the reply;
 4. artifacts: everything under ``users/<id>/`` (photos, concepts, checkpoints, outputs, exports);
 5. rows: the user row and, by cascade, their concepts, jobs and outputs;
 6. Redis, from the ids the rows hold (no scan of the keyspace): arq job/result/retry keys of their jobs (every
    slice of a training), their entries of the events stream (acked in every consumer group first), and the cancel
    flags unless a job of theirs is still running (then they expire with the contract's TTL and carry nothing but
-   a time);
+   a time under a hashed user id, like the forget marker);
 7. in-process state (rate-limit clock, "training starting" guard).
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -47,6 +51,7 @@ class ForgetReport:
     artifacts: Counter = field(default_factory=Counter)  # by folder (photos, concepts, outputs, ...)
     rows: dict[str, int] = field(default_factory=dict)  # concepts, jobs, outputs, users
     discord_messages: int = 0
+    undeleted: list[str] = field(default_factory=list)  # jump links of messages Discord refused to delete
     redis_keys: int = 0
     events: int = 0
     still_running: int = 0
@@ -56,6 +61,14 @@ class ForgetReport:
     def total_files(self) -> int:
         return sum(self.artifacts.values())
 
+    def messages_line(self) -> str:
+        n = self.discord_messages
+        line = f"• Discord messages showing your pictures or prompts: {n} message{'s' * (n != 1)} deleted"
+        if self.undeleted:  # named, never skipped silently (a 403, or Discord failing)
+            line += (f"; couldn't delete these (delete them yourself or ask a server admin): "
+                     f"{' '.join(self.undeleted)}")
+        return line
+
     def lines(self) -> list[str]:
         a, r = self.artifacts, self.rows
         out = [
@@ -63,8 +76,8 @@ class ForgetReport:
             f"• photos: {a['photos']}",
             f"• face concepts: {r.get('concepts', 0)} ({a['concepts']} file{'s' * (a['concepts'] != 1)}"
             f", {a['checkpoints']} checkpoint file{'s' * (a['checkpoints'] != 1)})",
-            f"• generated images: {r.get('outputs', 0)} ({a['outputs']} file{'s' * (a['outputs'] != 1)}"
-            f", {self.discord_messages} Discord message{'s' * (self.discord_messages != 1)})",
+            f"• generated images: {r.get('outputs', 0)} ({a['outputs']} file{'s' * (a['outputs'] != 1)})",
+            self.messages_line(),
             f"• exports: {a['exports']}",
             f"• job records: {r.get('jobs', 0)}",
             f"• account record: {r.get('users', 0)}",
@@ -134,23 +147,30 @@ async def _purge_events(services: Services, user_id: int) -> int:
 
 
 # --- forget ---------------------------------------------------------------------------------------------
-async def _delete_messages(client: discord.Client | None, user_jobs: list[Job]) -> int:
-    if client is None:
-        return 0
-    n = 0
-    seen = set()
+def jump_link(guild_id: int | None, channel_id: int, message_id: int) -> str:
+    return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
+
+
+async def _delete_messages(services: Services, client: discord.Client | None, user_id: int,
+                           user_jobs: list[Job]) -> tuple[int, list[str]]:
+    """Delete every recorded message of the user; (deleted or already gone, jump links of those that stay)."""
+    found = {(m.channel_id, m.message_id): m.guild_id for m in await services.db.list_messages(user_id)}
     for job in user_jobs:
-        if not (job.channel_id and job.message_id) or (job.channel_id, job.message_id) in seen:
-            continue
-        seen.add((job.channel_id, job.message_id))
+        if job.channel_id and job.message_id:
+            found.setdefault((job.channel_id, job.message_id), job.guild_id)
+    if client is None:
+        return 0, [jump_link(g, c, m) for (c, m), g in found.items()]
+    n, stayed = 0, []
+    for (channel_id, message_id), guild_id in found.items():
         try:
-            await client.http.delete_message(job.channel_id, job.message_id, reason="/forget")
+            await client.http.delete_message(channel_id, message_id, reason="/forget")
             n += 1
-        except (discord.NotFound, discord.Forbidden):
-            pass
-        except discord.HTTPException as exc:
-            log.warning("forget: could not delete message %s (status %s)", job.message_id, exc.status)
-    return n
+        except discord.NotFound:
+            n += 1  # deleted already (by the user, a moderator, or the worker)
+        except discord.HTTPException as exc:  # 403 (no permission any more), 5xx after discord.py's retries
+            log.warning("forget: could not delete message %s (status %s)", message_id, exc.status)
+            stayed.append(jump_link(guild_id, channel_id, message_id))
+    return n, stayed
 
 
 def _artifact_kind(key: str, user_id: int) -> str:
@@ -164,7 +184,9 @@ async def forget_user(services: Services, user_id: int, *, client: discord.Clien
     db, store = services.db, services.store
     report = ForgetReport(user_id)
 
-    # 1. Stop their work first, so nothing new is written while we delete.
+    # 1. Stop their work first, so nothing new is written while we delete; a job that still ends afterwards sees
+    #    the marker and removes what it wrote (gpu_worker.runner).
+    await services.arq.set(contract.forgotten_user_key(user_id), str(time.time()), ex=contract.FORGOTTEN_TTL_S)
     user_jobs = await db.list_jobs(user_id=user_id)
     active = {j.id for j in user_jobs if j.status in ("queued", "running")}
     cancelled = await cancel.cancel_user(services, user_id, reason="forgotten")
@@ -173,8 +195,8 @@ async def forget_user(services: Services, user_id: int, *, client: discord.Clien
     # 2. Server catalogue entries they created stay with the server.
     report.detached = await db.detach_user_catalogue(user_id)
 
-    # 3. The bot's messages that carried their results.
-    report.discord_messages = await _delete_messages(client, user_jobs)
+    # 3. Every message that shows their face, images or prompt.
+    report.discord_messages, report.undeleted = await _delete_messages(services, client, user_id, user_jobs)
 
     # 4. Artifacts (one prefix holds everything of a user).
     prefix = keys.user_prefix(user_id)
@@ -189,6 +211,7 @@ async def forget_user(services: Services, user_id: int, *, client: discord.Clien
     running = await _running_job_ids(services, user_jobs)
     report.still_running = len(running)
     stale = _arq_keys_of(user_jobs) + [contract.cancel_job_key(j.id) for j in user_jobs if j.id not in running]
+    stale += [contract.train_slice_key(j.id) for j in user_jobs if j.kind == "train" and j.id not in running]
     if not running:
         stale.append(contract.cancel_user_key(user_id))
     if stale:
@@ -230,6 +253,7 @@ async def start_export(services: Services, interaction: discord.Interaction) -> 
         return contract.ExportPayload(
             job_id=job.id, user_id=user_id, concept_key=face.artifact_key,
             output_prefix=f"{keys.user_prefix(user_id)}exports/{job.id}/", target=target,
+            name=interaction.user.display_name,
         )
 
     job, _payload = await jobs.create_and_enqueue(

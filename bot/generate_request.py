@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 
-from bot import catalogue, jobs, quotas
+from bot import catalogue, jobs, lookalike, quotas, text_checks
 from gpu_worker import contract
 from kitbooth import limits
 from kitbooth.errors import InvalidInput, NotFound
@@ -34,11 +34,21 @@ NO_FACE = "You haven't trained your face yet — run /train with 4-10 selfies."
 FACE_TRAINING = "Your face is still being learned — I'll post when it's ready; then try /generate again."
 
 _WORD = re.compile(r"[\w\-]+", re.UNICODE)
+# Best-of-N: candidates generated per image shown when the server has not chosen (``/kitbooth settings best_of``).
+DEFAULT_BEST_OF = 2
+
+
+def candidates_for(count: int, best_of: int | None) -> int | None:
+    """Images to generate for ``count`` shown: ``count × best_of``, at most ``CANDIDATES_MAX`` (8: twice the
+    most shown, so one pipeline call holds at most 2 × ``max_batch`` × 4 images); None when it is off."""
+    factor = DEFAULT_BEST_OF if best_of is None else best_of
+    n = min(count * factor, limits.CANDIDATES_MAX)
+    return n if n > count else None
 
 
 async def validate_prompt(services: Services, user_id: int, prompt: str) -> str:
-    prompt = " ".join((prompt or "").split())
-    if not prompt:
+    prompt = text_checks.clean_text(prompt)  # zero-width, bidi and other format characters go
+    if not (text_checks.has_visible(prompt) and text_checks.has_visible(unicodedata.normalize("NFKC", prompt))):
         raise InvalidInput("Describe the picture, e.g. `celebrating a goal in a packed stadium`.")
     if len(prompt) > limits.PROMPT_CHARS:
         raise InvalidInput(f"That prompt is {len(prompt)} characters — keep it to {limits.PROMPT_CHARS}.")
@@ -140,6 +150,10 @@ async def enqueue_generate(
     assert face.owner_id == user_id, "a face concept is usable only by its owner"
     face_ref = await concept_ref(services, face)
     target = jobs.target_from_interaction(interaction)
+    reference_key = await lookalike.reference_key_for(services, user_id, face.id)
+    gs = await services.db.guild_settings(interaction.guild_id) if interaction.guild_id is not None else None
+    candidates = candidates_for(req.count, gs.best_of if gs else None) \
+        if reference_key and variation_of is None else None
 
     def build(job) -> contract.GeneratePayload:
         fields: dict[str, Any] = dict(
@@ -148,7 +162,8 @@ async def enqueue_generate(
             kit=req.kit.concept if req.kit else None, kit_words=req.kit.words if req.kit else None,
             style=req.style.concept if req.style else None, style_words=req.style.words if req.style else None,
             count=req.count, seed=req.seed, width=req.width, height=req.height,
-            variation_of=variation_of, allow_nsfw=req.allow_nsfw,
+            variation_of=variation_of, allow_nsfw=req.allow_nsfw, reference_key=reference_key,
+            candidates=candidates,
         )
         s = services.settings
         if s.generate_steps is not None:  # deployment/test defaults (e.g. 2 steps at 64² on the tiny model)

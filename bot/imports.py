@@ -4,7 +4,8 @@ The checks are the one concept-file validator's (``training.concept_file``), the
 composes a file: a file accepted here is a file the worker composes. The bot knows its base model by
 ``Settings.base_hidden_size`` (``training.base_layers.for_hidden_size``: SD 1.5's layer table, or the tiny test
 model's). Only ``.safetensors`` is accepted: a ``.pt`` / ``.ckpt`` / ``.bin`` is a pickle, and unpickling runs
-arbitrary code, so such files are refused on sight and never deserialised.
+arbitrary code, so such files are refused on sight and never deserialised. A KitBooth face is refused as a
+kit or style (the validator's consent rule): a face is only its owner's.
 """
 
 from __future__ import annotations
@@ -70,13 +71,15 @@ def parse_header(data: bytes, filename: str = "file") -> tuple[dict[str, np.ndar
     return safetensors_file.read(data, filename)
 
 
-def check_import(data: bytes, filename: str, *, hidden_size: int, max_bytes: int) -> ImportInfo:
-    """Everything the bot checks before storing an uploaded concept file; raises a ``UserFacingError``."""
+def check_import(data: bytes, filename: str, *, hidden_size: int, max_bytes: int,
+                 kind: Literal["kit", "style"] = "kit") -> ImportInfo:
+    """Everything the bot checks before storing an uploaded concept file as a ``kind``; raises a
+    ``UserFacingError``."""
     refuse_pickle_name(filename)
     if not filename.lower().endswith(".safetensors"):
         raise InvalidInput(f"`{_safe_name(filename)}` is not a `.safetensors` file — KitBooth imports "
                            f"{BASE_NAME} LoRAs and embeddings in safetensors format only.")
-    cf = read_concept(data, for_hidden_size(hidden_size), filename=filename, max_bytes=max_bytes)
+    cf = read_concept(data, for_hidden_size(hidden_size), filename=filename, max_bytes=max_bytes, kind=kind)
     return ImportInfo.of(cf, tensors=_tensor_count(data))
 
 

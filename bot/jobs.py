@@ -112,6 +112,16 @@ async def create_and_enqueue(
     return job, payload
 
 
+async def record_echo(services: Services, job: Job, sent: Any) -> None:
+    """Record the bot's public "queued" reply that echoes the request (``/forget`` deletes it; the worker later
+    edits the same message while the interaction token is valid)."""
+    channel = getattr(sent, "channel", None)
+    if sent is None or channel is None:
+        return
+    await services.db.record_message(user_id=job.user_id, channel_id=channel.id, message_id=sent.id, kind="echo",
+                                     job_id=job.id, guild_id=job.guild_id)
+
+
 # --- queue inspection ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class QueueInfo:

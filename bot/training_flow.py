@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 
-from bot import jobs
+from bot import jobs, lookalike
 from gpu_worker import contract
 from kitbooth import limits
 from kitbooth.errors import Busy, InvalidInput, NotAllowed
@@ -101,8 +101,9 @@ def default_photo_checker(kind: TrainKind, photos: list[tuple[str, bytes]]) -> A
 
 def _run_checks(
     checker: Callable[..., Any], kind: TrainKind, uploads: list[Upload], max_bytes: int
-) -> tuple[list[Verdict], list[tuple[int, bytes, bytes | None]]]:
-    """(verdict per upload, [(upload index, crop PNG, face-mask PNG or None)]) — runs in a worker thread."""
+) -> tuple[list[Verdict], list[tuple[int, bytes, bytes | None]], bytes | None]:
+    """(verdict per upload, [(upload index, crop PNG, face-mask PNG or None)], the encoded mean descriptor of
+    the accepted faces or None) — runs in a worker thread."""
     too_big = {i for i, u in enumerate(uploads, start=1) if u.data is None or u.size > max_bytes}
     # Oversized files are replaced by empty bytes so the checker's numbering stays the upload's numbering.
     report = checker(kind, [(u.filename, b"" if i in too_big else u.data)
@@ -122,7 +123,11 @@ def _run_checks(
             continue
         mask = getattr(p, "mask", None)
         crops.append((p.index, _png(p.image), _png(mask) if mask is not None else None))
-    return verdicts, crops
+    kept = {i for i, _png_, _m in crops}
+    descriptors = getattr(report, "descriptors", None) or {}
+    reference = lookalike.reference_bytes(d for i, d in descriptors.items() if i in kept) \
+        if kind == "face" else None
+    return verdicts, crops, reference
 
 
 def _png(img: Any) -> bytes:
@@ -199,8 +204,8 @@ async def start_training(
         if kind == "face":
             await db.record_consent(user_id)
         checker = services.photo_checker or default_photo_checker
-        verdicts, crops = await asyncio.to_thread(_run_checks, checker, kind, uploads,
-                                                  settings.max_upload_bytes)
+        verdicts, crops, reference = await asyncio.to_thread(_run_checks, checker, kind, uploads,
+                                                             settings.max_upload_bytes)
         listing = checklist(verdicts)
         if len(crops) < lo:
             raise InvalidInput(
@@ -208,8 +213,9 @@ async def start_training(
                 + ("clear, front-facing selfies of just you (one person, the same person in every photo)."
                    if kind == "face" else f"{what}.")
             )
+        await lookalike.refuse_other_persons_face(services, user_id, guild_id, reference)
         started = await _create_and_enqueue(services, interaction, kind=kind, name=name, guild_id=guild_id,
-                                            crops=crops, verdicts=verdicts)
+                                            crops=crops, verdicts=verdicts, reference=reference)
     finally:
         starting.discard(user_id)
     await interaction.followup.send(started.message, ephemeral=True)
@@ -219,6 +225,7 @@ async def start_training(
 async def _create_and_enqueue(
     services: Services, interaction: discord.Interaction, *, kind: TrainKind, name: str | None,
     guild_id: int | None, crops: list[tuple[int, bytes, bytes | None]], verdicts: list[Verdict],
+    reference: bytes | None = None,
 ) -> TrainingStarted:
     db, store, settings = services.db, services.store, services.settings
     user_id = interaction.user.id
@@ -236,6 +243,8 @@ async def _create_and_enqueue(
         artifact_key = keys.guild_concept_key(guild_id, concept.id)
         ckpt = keys.guild_checkpoint_prefix(guild_id, concept.id)
     try:
+        if kind == "face":  # kept with the face (issue 14.1); the worker reads it by key
+            await lookalike.keep_reference(services, user_id, concept.id, reference, len(crops))
         for key, (_index, png, mask) in zip(photo_keys, crops, strict=True):
             await asyncio.to_thread(store.put_bytes, key, png)
             if mask is not None:  # the worker's face-masked loss reads it beside the crop
@@ -263,6 +272,8 @@ async def _create_and_enqueue(
         for key in photo_keys:
             await asyncio.to_thread(store.delete, key)
             await asyncio.to_thread(store.delete, keys.mask_key(key))
+        if kind == "face":
+            await asyncio.to_thread(store.delete, keys.reference_key(user_id, concept.id))
         raise
     concept = await db.update_concept(concept.id, status="training")
     queue = await jobs.queue_position(services, job)

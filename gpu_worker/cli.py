@@ -13,13 +13,15 @@ def _worker(args: argparse.Namespace, settings) -> int:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from gpu_worker.worker import run_worker
-    from kitbooth.errors import UserFacingError
+    from kitbooth.errors import StorageError, UserFacingError
     from kitbooth.settings import redis_unreachable
 
     try:
         return run_worker(settings)
     except RedisConnectionError:
         raise UserFacingError(redis_unreachable(settings.redis_url)) from None
+    except StorageError as exc:  # the store is probed at start: a missing bucket, refused keys, no answer
+        raise UserFacingError(str(exc)) from None
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -162,6 +163,12 @@ class GeneratePayload(_Wire):
     variation_of: str | None = None  # output key of the image to vary (the "vary" button)
     variation_strength: float = 0.35
     allow_nsfw: bool = False
+    # Likeness levers (issue 14): the face's reference identity (a store key under the user's prefix, never the
+    # descriptor itself), how many candidates to generate for best-of-N (count..CANDIDATES_MAX; None = count),
+    # and the face-detail pass ("auto": faces below the threshold, "always", "off").
+    reference_key: str | None = None
+    candidates: int | None = None
+    face_detail: str = "auto"
     version: int = CONTRACT_VERSION
 
 
@@ -202,6 +209,7 @@ class ExportPayload(_Wire):
     output_prefix: str  # e.g. users/<id>/exports/<job>/
     target: DiscordTarget
     formats: list[str] = field(default_factory=lambda: ["a1111", "kohya"])
+    name: str = ""  # the owner's display name: the files are named after it ("alice-kb-face.pt")
     version: int = CONTRACT_VERSION
 
 
@@ -232,9 +240,27 @@ def parse_arq_job_id(arq_id: str) -> tuple[int, int | None] | None:
 CANCEL_TTL_S = 24 * 3600
 
 
+# Keys that outlive a job name a hashed user id (``user_tag``), so a Redis dump names no Discord account.
+USER_TAG_SALT = b"kitbooth-user-tag-v1:"
+
+
+def user_tag(user_id: int) -> str:
+    """The hashed id used in Redis keys: sha256(salt + id), 16 hex digits (not reversible by a key listing)."""
+    return hashlib.sha256(USER_TAG_SALT + str(int(user_id)).encode()).hexdigest()[:16]
+
+
 def cancel_user_key(user_id: int) -> str:
     """Set (value: epoch seconds) to cancel every job of the user created before that time."""
-    return f"kitbooth:cancel:user:{int(user_id)}"
+    return f"kitbooth:cancel:user:{user_tag(user_id)}"
+
+
+FORGOTTEN_TTL_S = 24 * 3600
+
+
+def forgotten_user_key(user_id: int) -> str:
+    """Set by ``/forget`` (value: epoch seconds): a job of the user enqueued before then that ends afterwards
+    deletes its own arq result and sends no event (the worker checks it before writing either)."""
+    return f"kitbooth:forgotten:{user_tag(user_id)}"
 
 
 def cancel_job_key(job_id: int) -> str:
@@ -263,7 +289,9 @@ class Event(_Wire):
     ``posted`` says whether the worker delivered the user-visible message itself; when False the bot
     delivers it (from ``data``) so no result is lost because Discord was unreachable from the worker.
     ``data`` by type:
-      job.done: output_keys [str], seeds [int], prompt, message_id, nsfw [bool]  (export: file_keys [str])
+      job.done: output_keys [str], seeds [int], message_id, nsfw [bool], likeness [float|None]; never the prompt
+        (the bot has it in its DB); no entry carries an interaction token  (export: file_keys [str])
+      every type: message_id / message_ids of the messages the worker posted (``/forget`` deletes them)
       concept.ready: concept_id, artifact_key, size_bytes, sha256, trigger_tokens, sample_keys, steps, seconds
       job.failed: reason (short, user-facing), retryable
       job.progress: step, total, eta_seconds; job.started / job.cancelled: (nothing required)

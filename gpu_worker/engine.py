@@ -33,6 +33,14 @@ class GenItem:
     on_progress: Callable[[int, int, Any], None] = lambda step, total, preview: None
     pipeline_seconds: float = 0.0
     gpu_started: float = 0.0  # epoch seconds when its pipeline call began
+    # Likeness levers (training.likeness_levers): every candidate request (empty: just ``request``), the images
+    # to keep, the reference identity (a 128-d array) and the face-detail mode; ``likeness`` comes back filled.
+    candidates: list[Any] = field(default_factory=list)
+    keep: int = 0
+    reference: Any = None
+    face_detail: str = "off"
+    face_use: Any = None
+    likeness: list[float | None] = field(default_factory=list)
 
 
 @dataclass
@@ -71,6 +79,9 @@ class Engine:
         self.base_model_id = settings.base_model
         self.upscaler: Any = None
         self.calls: deque[int] = deque(maxlen=RECENT_CALLS)  # requests per recent pipeline call (tests, logs)
+        # The seams of the likeness levers (training.rerank, training.face_detail): tests replace them.
+        self.describe: Callable[[Any], Any] | None = None  # None: training.faces.face_descriptor
+        self.find_face: Callable[[Any], Any] | None = None  # None: training.face_detail.main_face
 
     # --- lifecycle ------------------------------------------------------------------------------
     def load(self) -> None:
@@ -137,25 +148,51 @@ class Engine:
         if not ok:
             return results
         live = [items[i] for i in ok]
+        flat = [(j, r) for j, it in enumerate(live) for r in (it.candidates or [it.request])]
+        first = {j: n for n, (j, _r) in reversed(list(enumerate(flat)))}  # an item's first request
 
-        def request_progress(j: int, step: int, total: int, preview: Any = None) -> None:
-            live[j].on_progress(step, total, preview)  # each request sees only its own preview
+        def request_progress(n: int, step: int, total: int, preview: Any = None) -> None:
+            j = flat[n][0]
+            if first[j] == n:  # each request sees only its own (first candidates') preview
+                live[j].on_progress(step, total, preview)
 
         t0 = time.perf_counter()
         for it in live:
             it.gpu_started = time.time()
+        checker = False if all(it.payload.allow_nsfw for it in live) or not self.settings.safety_checker else None
         out = generate(
-            self.pipe, self.composer, [it.request for it in live], request_progress=request_progress,
-            preview_every_s=1.0, should_stop=lambda: all(it.should_stop() for it in live),
-            safety_checker=False if all(it.payload.allow_nsfw for it in live) or not self.settings.safety_checker
-            else None,
+            self.pipe, self.composer, [r for _j, r in flat], request_progress=request_progress,
+            preview_every_s=1.0, should_stop=lambda: all(it.should_stop() for it in live), safety_checker=checker,
         )
-        dt = time.perf_counter() - t0
         self.calls.append(len(live))
         for j, i in enumerate(ok):
-            items[i].pipeline_seconds = dt
-            results[i] = JobCancelled() if items[i].should_stop() else out[j]
+            it = items[i]
+            images = [g for (jj, _r), imgs in zip(flat, out, strict=True) if jj == j for g in imgs]
+            results[i] = JobCancelled() if it.should_stop() else self._levers(it, images, checker)
+            it.pipeline_seconds = time.perf_counter() - t0
         return results
+
+    def _levers(self, it: GenItem, images: list[Any], checker: Any) -> Any:
+        """Best-of-N and the face-detail pass on one item's images (after ``generate`` has returned: the pass
+        composes on the resident pipeline itself). A failure of a lever falls back to the plain images."""
+        from training.likeness_levers import apply_levers
+
+        keep = it.keep or it.request.count
+        if it.reference is None and it.face_detail == "off" and len(images) <= keep:
+            return images
+        seams = {k: v for k, v in (("describe", self.describe), ("find_face", self.find_face)) if v is not None}
+        try:
+            res = apply_levers(self.pipe, self.composer, it.request, images, keep=keep, reference=it.reference,
+                               face_use=it.face_use, detail=it.face_detail,  # type: ignore[arg-type]
+                               safety_checker=False if it.payload.allow_nsfw else checker,
+                               should_stop=it.should_stop, **seams)
+        except JobCancelled as exc:
+            return exc
+        except Exception:  # noqa: BLE001 - the member still gets their pictures, unranked
+            log.exception("job %s: likeness levers failed; showing the first %d images", it.payload.job_id, keep)
+            return images[:keep]
+        it.likeness = res.likeness
+        return res.images
 
     def upscale(self, image: Any, prompt: str, seed: int) -> Any:
         from training.generate import upscale
@@ -226,15 +263,17 @@ class Engine:
             return []
 
     # --- export ---------------------------------------------------------------------------------
-    def export(self, data: bytes, formats: list[str], out_dir: Path) -> list[Path]:
+    def export(self, data: bytes, formats: list[str], out_dir: Path, name: str = "") -> tuple[list[Path], str]:
+        """The files (named after ``name``, the owner) and the trigger a prompt uses with them."""
         from training.artifact import load_artifact
+        from training.exports import export_trigger
         from training.formats import export  # noqa: I001
 
         art = load_artifact(data)
         files: list[Path] = []
         for fmt in formats:  # checked by gpu_worker.validation.validate_export
-            files += export(art, fmt, out_dir / fmt)
-        return files
+            files += export(art, fmt, out_dir / fmt, name=name)
+        return files, export_trigger(art, name)
 
 
 def _sample_prompt(kind: str) -> str:

@@ -1,7 +1,10 @@
-"""The worker's side of the events stream: one XADD per event (``contract.Event``), bounded by MAXLEN."""
+"""The worker's side of the events stream: one XADD per event (``contract.Event``), bounded by MAXLEN.
+
+An entry never carries the interaction token (the bot needs only the channel and the user of a target)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -29,6 +32,8 @@ class EventSink:
         self, type_: str, *, job_id: int, user_id: int, kind: str, target: DiscordTarget | None = None,
         posted: bool = False, **data: Any,
     ) -> str:
+        if target is not None and target.interaction_token:
+            target = dataclasses.replace(target, interaction_token=None)
         return await self.emit(
             Event(type=type_, job_id=job_id, user_id=user_id, kind=kind, target=target, posted=posted, data=data)
         )

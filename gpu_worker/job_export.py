@@ -26,7 +26,8 @@ async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.Export
         raise NotFound("That concept no longer exists. Train it again first.") from None
     prefix = p.output_prefix if p.output_prefix.endswith("/") else p.output_prefix + "/"
     with tempfile.TemporaryDirectory(prefix="kb-export-") as tmp:
-        paths = await w.lane.call(lambda: w.engine.export(data, list(p.formats), Path(tmp)), priority=PRIO_LIGHT)
+        paths, trigger = await w.lane.call(lambda: w.engine.export(data, list(p.formats), Path(tmp), p.name),
+                                           priority=PRIO_LIGHT)
         file_keys, files = [], []
         for path in paths:
             rel = path.relative_to(tmp).as_posix()
@@ -34,7 +35,7 @@ async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.Export
             file_keys.append(prefix + rel)
             if path.is_file() and path.stat().st_size <= DISCORD_FILE_LIMIT and len(files) < MAX_FILES:
                 files.append((rel.replace("/", "-"), path.read_bytes()))
-    res = await run.post(w, export_result(formats=list(p.formats), files=files))
+    res = await run.post(w, export_result(formats=list(p.formats), files=files, trigger=trigger))
     await run.emit(w, "job.done", posted=res.posted, file_keys=file_keys, message_id=res.message_id)
     return {"ok": True, "file_keys": file_keys}
 

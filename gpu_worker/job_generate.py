@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,10 @@ from kitbooth.render import Outgoing, generate_result, progress_text
 from storage import ArtifactNotFound, keys
 from training.compose import ConceptUse
 from training.generate import GenerationRequest, vary
+from training.likeness_levers import candidate_requests
+from training.rerank import decode_reference
+
+log = logging.getLogger(__name__)
 
 
 def png_to_image(data: bytes) -> Any:
@@ -57,6 +62,28 @@ async def _request(w: WorkerContext, p: contract.GeneratePayload, uses: list[Con
     return vary(request, init.resize((p.width, p.height)), strength=p.variation_strength, seed=p.seed)
 
 
+async def _reference(w: WorkerContext, p: contract.GeneratePayload) -> Any:
+    """The face's reference identity, or None (best-of-N then keeps the first images). Never logged."""
+    if p.reference_key is None:
+        return None
+    try:
+        return decode_reference(await asyncio.to_thread(w.store.get_bytes, p.reference_key))
+    except (ArtifactNotFound, ValueError) as exc:
+        log.warning("job %s: no usable face reference (%s); likeness not ranked", p.job_id, type(exc).__name__)
+        return None
+
+
+def _lever_fields(p: contract.GeneratePayload, request: GenerationRequest, uses: list[ConceptUse],
+                  reference: Any) -> dict[str, Any]:
+    """GenItem fields for best-of-N (only with a reference to rank by; never for "vary") and the detail pass."""
+    n = p.candidates or p.count
+    ranked = reference is not None and n > p.count and not p.variation_of
+    face_use = uses[0] if p.face is not None else None  # _concepts puts the face first
+    return {"candidates": candidate_requests(request, n) if ranked else [], "keep": p.count,
+            "reference": reference, "face_detail": p.face_detail if face_use is not None else "off",
+            "face_use": face_use}
+
+
 async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.GeneratePayload,
                 preparing: Any = None) -> dict:
     validate_generate(p)
@@ -66,6 +93,7 @@ async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.Genera
             raise JobCancelled()
         uses = await _concepts(w, p)
         request = await _request(w, p, uses)
+        levers = _lever_fields(p, request, uses, await _reference(w, p))
         what = "Varying" if p.variation_of else "Drawing"
 
         def render(state: dict) -> Outgoing:
@@ -75,7 +103,7 @@ async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.Genera
 
         pump = ProgressPump(w.poster, p.target, render, interval=w.progress_interval)
         item = GenItem(payload=p, uses=uses, request=request, should_stop=watch.should_stop,
-                       on_progress=lambda s, t, prev=None: pump.update(step=s, total=t, preview=prev))
+                       on_progress=lambda s, t, prev=None: pump.update(step=s, total=t, preview=prev), **levers)
         t_gpu = time.perf_counter()
         async with pump:
             images = await w.lane.call_batched(request.batch_key(), item, w.engine.generate_batch,
@@ -93,11 +121,13 @@ async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.Genera
         await asyncio.to_thread(w.store.put_bytes, k, g.png)
     seeds = [int(g.seed) for g in images]
     nsfw = [bool(getattr(g, "nsfw", False)) for g in images]
+    likeness = list(item.likeness) or None
     msg = generate_result(job_id=p.job_id, user_id=p.user_id, prompt=p.prompt, seeds=seeds,
-                          pngs=[g.png for g in images], nsfw=nsfw, seconds=time.time() - run.started)
+                          pngs=[g.png for g in images], nsfw=nsfw, seconds=time.time() - run.started,
+                          likeness=likeness)
     res = await run.post(w, msg)
-    await run.emit(w, "job.done", posted=res.posted, output_keys=out_keys, seeds=seeds, prompt=p.prompt,
-                   message_id=res.message_id, nsfw=nsfw)
+    await run.emit(w, "job.done", posted=res.posted, output_keys=out_keys, seeds=seeds,
+                   message_id=res.message_id, nsfw=nsfw, likeness=likeness)
     return {"ok": True, "output_keys": out_keys, "posted": res.posted}
 
 

@@ -187,4 +187,7 @@ def _retry_hint(p: contract.TrainPayload) -> str:
 # A slice is bounded by slice_seconds/slice_steps but may wait behind generations and the previous slice:
 # timeout = job_timeout_s. 4 tries: a retry resumes from the last checkpoint, so a crash costs at most one slice.
 TRAIN = JobKind(contract.TRAIN_JOB, _body, max_tries=4, timeout_s=lambda s: s.job_timeout_s, keep_result_s=3600,
-                on_end=_on_end, failure_hint=_retry_hint)
+                on_end=_on_end, failure_hint=_retry_hint,
+                # The /train reply is private and promises "I'll post in this channel": the result and a failure
+                # are channel messages that mention the user (progress still edits the private reply).
+                final_in_channel=True)

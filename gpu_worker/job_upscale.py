@@ -25,7 +25,7 @@ async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.Upscal
     data = out.png  # a GeneratedImage: PNG with its parameters and AI-generated marks
     await asyncio.to_thread(w.store.put_bytes, p.output_key, data)
     res = await run.post(w, upscale_result(job_id=p.job_id, png=data))
-    await run.emit(w, "job.done", posted=res.posted, output_keys=[p.output_key], seeds=[p.seed], prompt=p.prompt,
+    await run.emit(w, "job.done", posted=res.posted, output_keys=[p.output_key], seeds=[p.seed],
                    message_id=res.message_id, nsfw=[bool(getattr(out, "nsfw", False))])
     return {"ok": True, "output_keys": [p.output_key]}
 

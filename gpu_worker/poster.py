@@ -138,10 +138,12 @@ class Poster:
             log.info("progress edit skipped: %s", exc)
         return False
 
-    async def final(self, target: DiscordTarget, msg: Outgoing) -> PostResult:
+    async def final(self, target: DiscordTarget, msg: Outgoing, *, in_channel: bool = False) -> PostResult:
         """Deliver a result or failure: edit @original while the token is valid, else a channel message that
-        mentions the user. Never raises for Discord errors: ``posted=False`` says the bot must deliver it."""
-        if target.token_valid():
+        mentions the user. ``in_channel``: always the channel message (a training's reply was private and said
+        "I'll post in this channel"). Never raises for Discord errors: ``posted=False`` says the bot must
+        deliver it."""
+        if target.token_valid() and not in_channel:
             try:
                 data = await self._with_retries(
                     "edit original", lambda: self._send(self._original(target), msg, edit=True)

@@ -17,6 +17,13 @@ handled as a cancel, then the ``CancelledError`` is re-raised so arq records the
 (re-raised: arq runs the job again; on its last try the user is told it failed). A failed or cancelled job
 returns normally, so arq never retries what would fail again. Each ``JobKind`` says its timeout, its tries
 and what to clean up.
+
+Privacy: arq's result record copies the job's arguments, so the runner blanks the interaction token and the
+free text (prompt, names) of that copy in place when the job ends (``scrub``: the result keeps ids and keys;
+a retry re-reads arq's untouched job key). Every message a job posts is reported in its events
+(``message_id``/``message_ids``) for ``/forget``. A job whose user ran ``/forget`` after it was enqueued
+(``contract.forgotten_user_key``, a hashed id) posts nothing more, sends no event, deletes the files and
+messages it wrote, and ``after_job_end`` deletes its arq result.
 """
 
 from __future__ import annotations
@@ -32,15 +39,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq import Retry
+from arq.constants import result_key_prefix
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gpu_worker import contract
+from gpu_worker.checkpoints import done_key
 from gpu_worker.context import JobInfo, WorkerContext, worker_context
 from gpu_worker.metrics import job_line
 from kitbooth.errors import JobCancelled, PayloadError, TransientError, UserFacingError
 from kitbooth.render import Outgoing, cancelled_result, failure_result
 from kitbooth.settings import Settings
+from storage import keys
 
 log = logging.getLogger(__name__)
 jlog = logging.getLogger("gpu_worker.jobs")
@@ -53,6 +63,8 @@ UNREADABLE_REASON = "This request could not be read (bad payload). Please run th
 MAX_RETRY_DEFER_S = 60.0
 TIMEOUT_MARGIN_S = 5.0  # arq's timeout of a job function = the kind's timeout + this (reporting the end)
 REPORT_TIMEOUT_S = 10.0  # reporting a cancelled job's end must not hold up a shutdown
+FORGOTTEN_CTX = "kitbooth_forgotten"  # set in arq's per-job ctx: ``after_job_end`` deletes the job's result
+SECRET_FIELDS = ("prompt", "negative_prompt", "kit_words", "style_words", "name")  # scrubbed from arq's record
 
 
 class JobTimedOut(TransientError):
@@ -95,6 +107,7 @@ def retry_defer(settings: Settings, job_try: int) -> float:
 class _NotPosted:
     posted = False
     message_id = None
+    via = ""
 
 
 NOT_POSTED = _NotPosted()
@@ -115,6 +128,20 @@ class JobRun:
     steps: int = 0
     extra: str = ""
     outcome: Outcome = Outcome.OK
+    enqueued_at: float | None = None
+    posted_ids: list[int] = dataclasses.field(default_factory=list)  # every message this run posted
+    forgotten: bool = False  # the user ran /forget after this job was enqueued
+    in_channel: bool = False  # final messages go to the channel, never into the (private) original reply
+
+    async def check_forgotten(self, w: WorkerContext) -> bool:
+        """True (and sticky) once the user's forget marker is newer than this job."""
+        if not self.forgotten and isinstance(self.user_id, int):
+            raw = await w.redis.get(contract.forgotten_user_key(self.user_id))
+            try:
+                self.forgotten = raw is not None and float(raw) >= (self.enqueued_at or self.started)
+            except (TypeError, ValueError):
+                self.forgotten = raw is not None
+        return self.forgotten
 
     def bind(self, payload: Any) -> None:
         self.job_id = getattr(payload, "job_id", None)
@@ -123,14 +150,20 @@ class JobRun:
 
     async def post(self, w: WorkerContext, msg: Outgoing) -> Any:
         """The job's final message (a ``PostResult``; ``posted=False`` when the bot must deliver it)."""
-        if w.poster is None or self.target is None:
+        if w.poster is None or self.target is None or await self.check_forgotten(w):
             return NOT_POSTED
-        return await w.poster.final(self.target, msg)
+        res = await w.poster.final(self.target, msg, in_channel=self.in_channel)
+        if res.posted and res.message_id:
+            self.posted_ids.append(res.message_id)
+        return res
 
     async def emit(self, w: WorkerContext, type_: str, *, posted: bool = False, **data: Any) -> None:
         """One event of this job; every event carries ``arq_id`` (the arq job that sent it)."""
-        if not (isinstance(self.job_id, int) and isinstance(self.user_id, int)):
+        if not (isinstance(self.job_id, int) and isinstance(self.user_id, int)) or await self.check_forgotten(w):
             return
+        if self.posted_ids:  # the bot records every posted message id (``/forget`` deletes them)
+            data.setdefault("message_id", self.posted_ids[-1])
+            data.setdefault("message_ids", list(self.posted_ids))
         await w.events.send(type_, job_id=self.job_id, user_id=self.user_id, kind=self.kind, target=self.target,
                             posted=posted, arq_id=self.arq_id, **data)
 
@@ -151,6 +184,7 @@ class JobKind:
     on_end: Callable[[WorkerContext, Any, Outcome], Awaitable[None]] | None = None
     # Appended to every failure reason (a training says its photos were deleted and how to try again).
     failure_hint: Callable[[Any], str] | None = None
+    final_in_channel: bool = False  # see ``JobRun.in_channel``
 
 
 def parse(kind: str, raw: Any) -> Any:
@@ -178,7 +212,8 @@ def salvage(raw: Any) -> tuple[int | None, int | None, contract.DiscordTarget | 
 async def run_job(ctx: dict, kind: JobKind, raw: Any, **kwargs: Any) -> dict:
     """Run ``kind.body`` on the payload ``raw`` under the failure policy; see the module docstring."""
     w, info = worker_context(ctx), JobInfo.of(ctx)
-    run = JobRun(kind=kind.name, arq_id=info.arq_id, job_try=info.job_try)
+    run = JobRun(kind=kind.name, arq_id=info.arq_id, job_try=info.job_try, enqueued_at=info.enqueued_at,
+                 in_channel=kind.final_in_channel)
     run.wait = (run.started - info.enqueued_at) if info.enqueued_at is not None else None
     t0 = time.perf_counter()
     payload = None
@@ -233,6 +268,10 @@ async def run_job(ctx: dict, kind: JobKind, raw: Any, **kwargs: Any) -> dict:
             return {"ok": False, "cancelled": True}
         return {"ok": False, "reason": reason}
     finally:
+        scrub(raw)
+        if await _shielded_bool(run.check_forgotten(w)):
+            ctx[FORGOTTEN_CTX] = True
+            await _shielded(_erase(w, run))
         dt = time.perf_counter() - t0
         jlog.info(job_line(job_id=run.job_id if run.job_id is not None else "-", kind=kind.name,
                            user_id=run.user_id, outcome=run.outcome.value, wait=run.wait, seconds=dt,
@@ -250,6 +289,48 @@ def _reason(exc: BaseException, outcome: Outcome, run: JobRun) -> str:
     if outcome is Outcome.RETRY:
         return TRANSIENT_REASON.format(job_id=run.job_id)
     return GENERIC_REASON.format(job_id=run.job_id if run.job_id is not None else run.arq_id)
+
+
+def scrub(raw: Any) -> None:
+    """Blank the interaction token and the free text of arq's copy of the payload, in place.
+
+    arq writes its result record (``arq:result:<id>``, kept ``keep_result_s``) with the very ``args`` objects it
+    passed to the job, so this leaves ids and keys only in it. A retry re-reads the untouched job key."""
+    if not isinstance(raw, dict):
+        return
+    for name in SECRET_FIELDS:
+        if isinstance(raw.get(name), str):
+            raw[name] = ""
+    target = raw.get("target")
+    if isinstance(target, dict) and target.get("interaction_token"):
+        target["interaction_token"] = None
+
+
+async def _erase(w: WorkerContext, run: JobRun) -> None:
+    """A job of a forgotten user ended: remove what it wrote after ``/forget`` ran (files, its messages)."""
+    if isinstance(run.user_id, int):
+        await asyncio.to_thread(w.store.delete_prefix, keys.user_prefix(run.user_id))
+    if isinstance(run.job_id, int):  # a training's bookkeeping (its sample keys name the user)
+        await w.redis.delete(done_key(run.job_id), contract.train_slice_key(run.job_id))
+    http = getattr(w.poster, "http", None)
+    channel_id = run.target.channel_id if run.target is not None else None
+    for message_id in run.posted_ids if http is not None and channel_id else ():
+        with contextlib.suppress(Exception):
+            await http.delete_message(channel_id, message_id, reason="/forget")
+    log.info("job %s: its user was forgotten meanwhile; its files, messages and result are removed", run.job_id)
+
+
+async def after_job_end(ctx: dict) -> None:
+    """arq's ``after_job_end`` hook (its result is written by now): a forgotten user's job leaves no result."""
+    if ctx.get(FORGOTTEN_CTX) and ctx.get("job_id"):
+        await worker_context(ctx).redis.delete(result_key_prefix + str(ctx["job_id"]))
+
+
+async def _shielded_bool(coro: Awaitable[bool]) -> bool:
+    try:
+        return bool(await asyncio.wait_for(coro, REPORT_TIMEOUT_S))
+    except Exception:  # noqa: BLE001 - Redis away: the bot's /forget deletes the result by name anyway
+        return False
 
 
 async def _shielded(coro: Awaitable[None]) -> None:

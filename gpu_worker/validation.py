@@ -18,6 +18,7 @@ from storage.artifacts import validate_key
 from training.prompts import find_reserved
 
 EXPORT_FORMATS = ("a1111", "kohya", "diffusers")
+FACE_DETAIL_MODES = ("auto", "always", "off")
 
 
 def key_under(key: str, prefix: str) -> bool:
@@ -67,6 +68,12 @@ def validate_generate(p: contract.GeneratePayload) -> None:
         raise NotAllowed("You can only vary your own images.")
     if not key_under(p.output_prefix.rstrip("/") + "/x", mine):
         raise NotAllowed("Results can only be stored under your own folder.")
+    if p.reference_key is not None and not key_under(p.reference_key, mine):
+        raise NotAllowed("You can only be compared with your own face.")
+    if p.candidates is not None and not p.count <= p.candidates <= limits.CANDIDATES_MAX:
+        raise InvalidInput(f"Best-of-N generates {p.count} to {limits.CANDIDATES_MAX} candidates.")
+    if p.face_detail not in FACE_DETAIL_MODES:
+        raise InvalidInput(f"The face-detail pass is one of {', '.join(FACE_DETAIL_MODES)}.")
 
 
 def check_concept_tokens(art: Any) -> None:

@@ -22,10 +22,13 @@ from gpu_worker.context import CTX_KEY, WorkerContext
 from gpu_worker.engine import Engine
 from gpu_worker.events import EventSink
 from gpu_worker.gpu import PRIO_LIGHT, GpuLane
+from gpu_worker.health import readiness_checks
 from gpu_worker.jobs import job_functions
 from gpu_worker.metrics import Metrics
 from gpu_worker.poster import Poster, make_http_client
+from gpu_worker.runner import after_job_end
 from gpu_worker.store_io import transient_store
+from kitbooth.health import HEARTBEAT_INTERVAL_S, HealthServer, heartbeat_key
 from kitbooth.settings import Settings
 from storage import ArtifactStore, open_store
 from training.base_layers import from_pipeline
@@ -52,12 +55,16 @@ class Parts:
     concepts: ConceptCache | None = None
     progress_interval: float = 1.0
     worker: Worker | None = None
+    health: HealthServer | None = None  # /healthz + /readyz when KITBOOTH_HEALTH_PORT is set
     owned: list[str] = dataclasses.field(default_factory=list)  # what startup built and shutdown releases
 
 
 async def startup(ctx: dict, parts: Parts) -> None:
     """Build the one ``WorkerContext`` (ctx[CTX_KEY]): store, GPU lane, resident pipeline, poster, metrics."""
     settings = parts.settings
+    if settings.health_port and parts.health is None:  # first, so /healthz answers while the model loads
+        parts.health = HealthServer(lambda: readiness_checks(ctx, parts.worker))
+        await parts.health.start(settings.health_port)
     # KITBOOTH_STORE_URL: the local folder or an S3-compatible store shared by every worker (probed once).
     store = transient_store(parts.store or await asyncio.to_thread(open_store, settings))
     lane = parts.lane or GpuLane(max_batch=settings.max_batch, gather_s=settings.batch_gather_s)
@@ -128,6 +135,9 @@ async def _housekeeping(w: WorkerContext) -> None:
 
 
 async def shutdown(ctx: dict, parts: Parts) -> None:
+    if parts.health is not None:
+        await parts.health.stop()
+        parts.health = None
     w: WorkerContext | None = ctx.get(CTX_KEY)
     if w is None:
         return
@@ -168,6 +178,7 @@ def build_worker(
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=functools.partial(startup, parts=injected),
         on_shutdown=functools.partial(shutdown, parts=injected),
+        after_job_end=after_job_end,  # a forgotten user's job leaves no arq result (gpu_worker.runner)
         max_jobs=settings.max_batch + 2,  # a full batch of generations + a training slice + a cancel
         poll_delay=settings.poll_delay,
         job_timeout=settings.job_timeout_s,
@@ -175,7 +186,8 @@ def build_worker(
         max_tries=3,
         handle_signals=handle_signals,
         burst=burst,
-        health_check_interval=60,
+        health_check_interval=HEARTBEAT_INTERVAL_S,
+        health_check_key=heartbeat_key(settings.queue_name),  # one per worker: `kitbooth health` counts them
         allow_abort_jobs=True,  # the bot cancels with arq's Job.abort (handled as a cancel by the runner)
     )
     injected.worker = worker

@@ -11,6 +11,8 @@ from typing import Final
 PROMPT_CHARS: Final = 1000          # prompt (and each prompt part: kit/style words, negative prompt)
 COUNT_MIN: Final = 1                # images per /generate
 COUNT_MAX: Final = 4
+CANDIDATES_MAX: Final = 8           # best-of-N: images generated per /generate (2 × COUNT_MAX)
+BEST_OF_MAX: Final = 4              # best-of-N: candidates per image shown (a server setting)
 STEPS_MIN: Final = 1                # denoising steps per image
 STEPS_MAX: Final = 100
 SIDE_MIN: Final = 64                # image width/height in pixels, multiples of SIDE_MULTIPLE
@@ -19,6 +21,8 @@ SIDE_MULTIPLE: Final = 8
 GUIDANCE_MAX: Final = 30.0
 SEED_MAX: Final = 2**31 - 1
 TRAIN_STEPS_MAX: Final = 5000       # training steps of one concept
+TRAIN_BATCH_MAX: Final = 16          # images per training step (the CLI's --batch-size)
+CONCEPT_WEIGHT_MAX: Final = 4.0     # |weight| of one concept in a composition (the CLI's --weight)
 TI_VECTORS_MAX: Final = 16          # vectors per textual-inversion token (embedding rows)
 LORA_RANK_MAX: Final = 256          # LoRA/LoCon rank of a concept file
 CONCEPT_FILE_BYTES: Final = 10 * 1024 * 1024  # a concept file the bot imports or the worker loads

@@ -107,12 +107,15 @@ def image_name(job_id: int, index: int, ext: str = "png") -> str:
 # --- final messages ---------------------------------------------------------------------------------
 def generate_result(
     *, job_id: int, user_id: int, prompt: str, seeds: list[int], pngs: list[bytes],
-    nsfw: list[bool] | None = None, seconds: float | None = None,
+    nsfw: list[bool] | None = None, seconds: float | None = None, likeness: list[float | None] | None = None,
 ) -> Outgoing:
-    """The result of ``/generate`` (and reroll/vary): each image attached as stored, with its buttons."""
+    """The result of ``/generate`` (and reroll/vary): each image attached as stored, with its buttons.
+    ``likeness`` (best-of-N's score per image, None where no face was found) is shown as a small figure."""
     flagged = sum(bool(x) for x in (nsfw or []))
     seed_text = (f"seed {seeds[0]}" + (f"-{seeds[-1]}" if len(seeds) > 1 else "")) if seeds else ""
-    meta = " · ".join(x for x in (seed_text, f"{seconds:.1f}s" if seconds is not None else "") if x)
+    scores = [x for x in (likeness or []) if x is not None]
+    like_text = ("likeness " + " ".join("–" if x is None else f"{x:.2f}" for x in likeness or [])) if scores else ""
+    meta = " · ".join(x for x in (seed_text, like_text, f"{seconds:.1f}s" if seconds is not None else "") if x)
     lines = [f"**{escape_markdown(clip(prompt, 300))}**"] + ([meta] if meta else [])
     if flagged:
         lines.append(f"{flagged} image(s) hidden by the safety filter.")
@@ -127,8 +130,9 @@ def upscale_result(*, job_id: int, png: bytes) -> Outgoing:
     return Outgoing("🔍 Upscaled", files=[(f"kitbooth-{int(job_id)}-upscaled.png", png)])
 
 
-def export_result(*, formats: list[str], files: list[tuple[str, bytes]]) -> Outgoing:
-    return Outgoing(f"📦 Your concept in {', '.join(formats)} format.", files=list(files))
+def export_result(*, formats: list[str], files: list[tuple[str, bytes]], trigger: str = "") -> Outgoing:
+    use = f" Put `{clip(trigger, 80)}` in your prompt to use it." if trigger else ""
+    return Outgoing(f"📦 Your concept in {', '.join(formats)} format.{use}", files=list(files))
 
 
 def concept_ready_result(*, kind: str, name: str, seconds: float | None, steps: int | None,

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     queue_name: str = Field("kitbooth:queue", description="arq queue name shared by bot and workers.")
     events_stream: str = Field("kitbooth:events", description="Redis stream the worker writes events to.")
     log_level: str = Field("INFO", description="Logging level of the entry points.")
+    health_port: int | None = Field(
+        None, description="Serve /healthz and /readyz on this port when set (bot and worker; `kitbooth up` offsets it)."
+    )
 
     # --- bot ---
     discord_token: SecretStr | None = Field(None, description="Bot token from the Discord developer portal.")

@@ -33,6 +33,7 @@ from arq import create_pool
 from arq.connections import RedisSettings
 
 from gpu_worker import contract
+from kitbooth.health import heartbeat_key, worker_heartbeats
 from storage import keys
 
 BIN = Path(sys.executable).parent  # the venv's bin/: its own `kitbooth` entry point
@@ -62,13 +63,12 @@ def worker_env(data: Path, redis_url: str, queue: str, stream: str) -> dict[str,
 
 
 async def wait_started(pool, worker: subprocess.Popen, queue: str, t0: float) -> None:
-    """arq writes its health-check key once the worker's startup (pipeline load) is done."""
-    health = f"{queue}:health-check"
+    """arq writes the worker's health-check key (kitbooth.health) once its startup (pipeline load) is done."""
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if worker.poll() is not None:
             raise SmokeFailure(f"`kitbooth worker` exited with status {worker.returncode} while starting")
-        if await pool.exists(health):
+        if await worker_heartbeats(pool, queue):
             step("worker started (health check written)", t0)
             return
         await asyncio.sleep(0.2)
@@ -158,7 +158,7 @@ async def smoke(redis_url: str, tmp: Path, model: Path) -> None:
             worker.wait()
         log.close()
         arq_id = contract.arq_job_id(job_id)
-        await pool.delete(queue, stream, f"{queue}:health-check",
+        await pool.delete(queue, stream, *(heartbeat_key(queue, n) for n in await worker_heartbeats(pool, queue)),
                           *(f"arq:{kind}:{arq_id}" for kind in ("job", "result", "in-progress", "retry")))
         await pool.aclose()
 

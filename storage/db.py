@@ -77,6 +77,14 @@ async def migrate(conn: aiosqlite.Connection) -> int:
     return current
 
 
+async def checkpoint(conn: aiosqlite.Connection) -> tuple[int, int, int]:
+    """``PRAGMA wal_checkpoint(TRUNCATE)``: copy the WAL into the database and truncate the -wal file to zero
+    bytes (it holds page images from before a delete). Returns SQLite's (busy, log pages, checkpointed)."""
+    async with conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+        row = await cur.fetchone()
+    return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+
+
 async def connect(path: str | Path, *, apply_migrations: bool = True) -> aiosqlite.Connection:
     """Open the database with the project's pragmas (and migrate it)."""
     if str(path) != ":memory:":
@@ -86,7 +94,10 @@ async def connect(path: str | Path, *, apply_migrations: bool = True) -> aiosqli
     conn.row_factory = aiosqlite.Row
     # Each pragma's cursor is consumed and closed: journal_mode returns a row, and a cursor left open keeps a
     # statement "in progress", which made the first migration's BEGIN fail on a fresh database.
-    for pragma in ("journal_mode = WAL", "foreign_keys = ON", "busy_timeout = 30000", "synchronous = NORMAL"):
+    # secure_delete: deleted rows are overwritten with zeros, so a forgotten user's data is not readable in the
+    # file's free pages (``checkpoint`` then empties the WAL, which holds the old page images).
+    for pragma in ("journal_mode = WAL", "foreign_keys = ON", "busy_timeout = 30000", "synchronous = NORMAL",
+                   "secure_delete = ON"):
         async with conn.execute(f"PRAGMA {pragma}") as cur:
             await cur.fetchall()
     if apply_migrations:

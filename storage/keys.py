@@ -48,6 +48,11 @@ def concept_key(user_id: int, concept_id: int) -> str:
     return f"{user_prefix(user_id)}concepts/{_id(concept_id)}.safetensors"
 
 
+def reference_key(user_id: int, concept_id: int) -> str:
+    """The face's reference identity (mean selfie descriptor, 1024 B) that the worker's best-of-N reads."""
+    return f"{user_prefix(user_id)}references/{_id(concept_id)}.bin"
+
+
 def checkpoint_prefix(user_id: int, concept_id: int) -> str:
     return f"{user_prefix(user_id)}checkpoints/{_id(concept_id)}/"
 

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from storage.db import checkpoint
 from storage.repo_core import RepositoryCore
 from storage.rows import Concept, ConceptKind, ConceptStatus, User, row_to, utcnow
 
@@ -43,6 +44,10 @@ class PeopleQueries(RepositoryCore):
                     counts[table] = (await cur.fetchone())[0]
             cur = await conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
             counts["users"] = cur.rowcount
+            await conn.execute("DELETE FROM messages WHERE user_id = ?", (user_id,))
+        # secure_delete zeroed the freed pages; the WAL still holds their old images until a checkpoint.
+        async with self._lock:
+            await checkpoint(self.conn)
         return counts
 
     # --- concepts ----------------------------------------------------------------------------

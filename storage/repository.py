@@ -9,7 +9,9 @@ The queries live by table: ``repo_people`` (users, concepts), ``repo_catalogue``
 from __future__ import annotations
 
 from storage.repo_catalogue import CatalogueQueries
+from storage.repo_faces import FaceQueries
 from storage.repo_jobs import JobQueries
+from storage.repo_messages import MessageQueries
 from storage.repo_people import PeopleQueries
 from storage.rows import (
     ACTIVE_JOB_STATUSES,
@@ -20,17 +22,18 @@ from storage.rows import (
     Job,
     JobStatus,
     Kit,
+    Message,
     Output,
     User,
     utcnow,
 )
 
 
-class Database(PeopleQueries, CatalogueQueries, JobQueries):
+class Database(PeopleQueries, CatalogueQueries, JobQueries, FaceQueries, MessageQueries):
     """The repository. Create with ``await Database.open(path)``; close with ``await db.close()``."""
 
 
 __all__ = [
     "ACTIVE_JOB_STATUSES", "Concept", "ConceptKind", "ConceptStatus", "Database", "GuildSettings", "Job", "JobStatus",
-    "Kit", "Output", "User", "utcnow",
+    "Kit", "Message", "Output", "User", "utcnow",
 ]

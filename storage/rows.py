@@ -90,12 +90,26 @@ class Output:
 
 
 @dataclass(frozen=True)
+class Message:
+    """A Discord message that shows a user's face, images or prompt (``/forget`` deletes it)."""
+
+    channel_id: int
+    message_id: int
+    user_id: int
+    job_id: int | None
+    kind: str  # original | channel | delivery | echo | export
+    guild_id: int | None
+    created_at: str
+
+
+@dataclass(frozen=True)
 class GuildSettings:
     guild_id: int
     daily_quota: int | None
     train_role_ids: list[int]
     nsfw_policy: dict[str, str]
     catalogue_seeded_at: str | None
+    best_of: int | None = None  # best-of-N candidates per image shown (NULL = default 2; 1 = off)
 
 
 T = TypeVar("T")

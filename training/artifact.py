@@ -31,7 +31,15 @@ import torch
 from kitbooth import limits
 from kitbooth.errors import IncompatibleArtifact
 from training.base_layers import BaseModel
-from training.concept_file import KINDS, METHODS, OWN_FORMAT, OWN_FORMAT_VERSION, ConceptFile, read_concept
+from training.concept_file import (
+    KINDS,
+    METHODS,
+    NOT_OWN,
+    OWN_FORMAT,
+    OWN_FORMAT_VERSION,
+    ConceptFile,
+    read_concept,
+)
 
 FORMAT = OWN_FORMAT
 FORMAT_VERSION = OWN_FORMAT_VERSION
@@ -127,10 +135,13 @@ def save_artifact(art: ConceptArtifact, path: str | Path | None = None) -> bytes
     return data
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Temp file + ``os.replace``; ``mode`` (e.g. 0o644 for exports others read) instead of mkstemp's 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -154,7 +165,7 @@ def load_artifact(src: str | Path | bytes, base: BaseModel | None = None) -> Con
             raise IncompatibleArtifact(f"Cannot read the concept file ({exc.strerror or 'unreadable'}).") from None
     cf = read_concept(data, base, filename=name)
     if cf.layout != "kitbooth":
-        raise IncompatibleArtifact("This is not a KitBooth concept file — import it as a kit or style instead.")
+        raise IncompatibleArtifact(NOT_OWN)
     return artifact_from_file(cf)
 
 

@@ -9,9 +9,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from training import cli_checks as check
+from training import cli_levers
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate images with one or more concept files")
+    p = check.one_line_errors(sub.add_parser("generate", help="generate images with one or more concept files"),
+                              "generate")
     p.add_argument("--concept", action="append", default=[], metavar="FILE", help="concept file (repeatable)")
     p.add_argument("--weight", action="append", type=float, default=[], help="weight per --concept (default 1)")
     p.add_argument("--prompt", required=True, help="what to draw (the face/kit/style triggers are added)")
@@ -25,22 +29,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--negative", default=None, help="negative prompt (default: a sensible one)")
     p.add_argument("--kit-words", default=None, help='e.g. "Arsenal 2024 home kit"')
     p.add_argument("--style-words", default=None)
-    p.set_defaults(func=_generate)
+    cli_levers.add_generate_args(p)
+    p.set_defaults(func=check.first(_check_generate, _generate))
 
-    p = sub.add_parser("inspect", help="show a concept file's metadata, size and compatibility")
+    p = check.one_line_errors(sub.add_parser("inspect", help="show a concept file's metadata, size and compatibility"),
+                              "inspect")
     p.add_argument("file")
     p.add_argument("--base-model", default=None, help="check compatibility with this base model (ID|DIR|FILE)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=_inspect)
+    p.set_defaults(func=check.first(_check_inspect, _inspect))
 
-    p = sub.add_parser("convert", help="export a concept file as diffusers, A1111 or kohya files")
+    p = check.one_line_errors(sub.add_parser("convert", help="export a concept file as diffusers, A1111 or kohya files"),
+                              "convert")
     p.add_argument("file")
     p.add_argument("--to", required=True, choices=["diffusers", "a1111", "kohya"])
     p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=_convert)
+    p.add_argument("--name", default=None, help="whose concept: the files are named <name>-kb-<kind> (e.g. alice)")
+    p.set_defaults(func=check.first(_check_convert, _convert))
 
-    p = sub.add_parser("eval", help="measure a concept: identity vs held-out photos, CLIP-T, size, time")
+    p = check.one_line_errors(
+        sub.add_parser("eval", help="measure a concept: identity vs held-out photos, CLIP-T, size, time"), "eval")
     p.add_argument("--concept", required=True, metavar="FILE")
     p.add_argument("--photos", required=True, metavar="HELD_OUT_DIR", help="photos NOT used for training")
     _model_args(p)
@@ -52,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-model", default=None, help="local CLIP model (default: the hub cache's ViT-L/14)")
     p.add_argument("--out", default=None, help="also write the images here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=_eval)
+    cli_levers.add_eval_args(p)
+    p.set_defaults(func=check.first(_check_eval, _eval))
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -85,17 +95,14 @@ def _generate(args: argparse.Namespace, settings: Any) -> int:
     from kitbooth.errors import UserFacingError
     from training.compose import ConceptUse
     from training.formats import import_file
-    from training.generate import GenerationRequest, generate
+    from training.generate import GenerationRequest
 
-    if args.weight and len(args.weight) != len(args.concept):
-        print("error: give one --weight per --concept (or none)", file=sys.stderr)
-        return 2
     try:
         for f in args.concept:  # before the slow model load: each file through the validator (structure)
-            import_file(Path(f), kind="kit")
+            community_note(f, import_file(Path(f), kind=None))
         pipe, composer = _load(args, settings)
         # ... and against the loaded model's own layer table, as the worker does
-        uses = [ConceptUse(str(Path(f).resolve()), import_file(Path(f), kind="kit", pipe=pipe), w)
+        uses = [ConceptUse(str(Path(f).resolve()), import_file(Path(f), kind=None, pipe=pipe), w)
                 for f, w in zip(args.concept, args.weight or [1.0] * len(args.concept), strict=True)]
         seed = args.seed if args.seed is not None else random.randrange(2**32)
         req = GenerationRequest(args.prompt, uses, seed=seed, count=args.count, width=args.size, height=args.size,
@@ -109,8 +116,7 @@ def _generate(args: argparse.Namespace, settings: Any) -> int:
             bar.refresh()
 
         try:
-            images = generate(pipe, composer, [req], progress=progress,
-                              safety_checker=False if args.no_safety_checker else None)[0]
+            images = cli_levers.generate_with_levers(args, pipe, composer, req, uses, progress)
         finally:
             bar.close()
     except UserFacingError as exc:
@@ -126,6 +132,30 @@ def _generate(args: argparse.Namespace, settings: Any) -> int:
         print(f"{path}{'  (blocked by the safety checker)' if g.nsfw else ''}")
     print(f"prompt: {images[0].prompt}", file=sys.stderr)
     return 0
+
+
+def _check_generate(args: argparse.Namespace) -> None:
+    if args.weight and len(args.weight) != len(args.concept):
+        raise check.BadArgument("Give one --weight per --concept (or none).")
+    for f in args.concept:
+        check.input_file(f, "--concept")
+    check.output_dir(args.out, "--out")
+    check.base_model(args.base_model)
+    for w in args.weight:
+        check.weight(w)
+    check.seed(args.seed)
+    check.denoise_steps(args.steps)
+    check.side(args.size, "--size")
+    check.guidance(args.guidance)
+    cli_levers.check_generate_args(args)
+
+
+def community_note(path: str | Path, art: Any) -> None:
+    """A community file is used as a kit; say how to make it a KitBooth concept of its own."""
+    source = art.extra.get("source_format") if art.method == "imported" else None
+    if source:
+        print(f"note: {path} is a {source} file, used here as a kit; `kitbooth import {path} --kind kit|style "
+              "--out NAME.safetensors` makes it a KitBooth concept.", file=sys.stderr)
 
 
 def full_size_parameters(art: Any, hidden_size: int = 768) -> int:
@@ -163,6 +193,16 @@ def full_size_parameters(art: Any, hidden_size: int = 768) -> int:
     return n
 
 
+def _check_inspect(args: argparse.Namespace) -> None:
+    check.input_file(args.file, "FILE")
+    check.base_model(args.base_model)
+
+
+def _check_convert(args: argparse.Namespace) -> None:
+    check.input_file(args.file, "FILE")
+    check.output_dir(args.out, "--out")
+
+
 def _inspect(args: argparse.Namespace, settings: Any) -> int:
     """Any concept file the worker reads (ours, diffusers, A1111, kohya), through the one validator."""
     from kitbooth.errors import UserFacingError
@@ -170,7 +210,8 @@ def _inspect(args: argparse.Namespace, settings: Any) -> int:
 
     path = Path(args.file)
     try:
-        art = import_file(path, kind="kit")
+        art = import_file(path, kind=None)
+        community_note(path, art)
     except (UserFacingError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -193,7 +234,7 @@ def _inspect(args: argparse.Namespace, settings: Any) -> int:
 
             pipe = load_base_pipeline(args.base_model, device=args.device, offline=settings.offline,
                                       safety_checker=False)
-            import_file(path, kind="kit", pipe=pipe)  # the validator against that model's layers, as the worker
+            import_file(path, kind=None, pipe=pipe)  # the validator against that model's layers, as the worker
             info["compatible"] = {"base_model": args.base_model, "ok": True}
         except UserFacingError as exc:
             info["compatible"] = {"base_model": args.base_model, "ok": False, "reason": str(exc)}
@@ -214,7 +255,7 @@ def _convert(args: argparse.Namespace, settings: Any) -> int:
     from training.formats import export
 
     try:
-        files = export(load_artifact(Path(args.file)), args.to, Path(args.out))
+        files = export(load_artifact(Path(args.file)), args.to, Path(args.out), name=args.name)
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -223,11 +264,25 @@ def _convert(args: argparse.Namespace, settings: Any) -> int:
     return 0
 
 
+def _check_eval(args: argparse.Namespace) -> None:
+    check.input_file(args.concept, "--concept")
+    check.input_dir(args.photos, "--photos")
+    if args.out:
+        check.output_dir(args.out, "--out")
+    check.base_model(args.base_model)
+    check.integer(args.k, "--k", 1, check.EVAL_IMAGES_MAX)
+    check.integer(args.prompts, "--prompts", 1, check.EVAL_IMAGES_MAX)
+    check.denoise_steps(args.steps)
+    check.side(args.size, "--size")
+    check.seed(args.seed)
+
+
 def _eval(args: argparse.Namespace, settings: Any) -> int:
     from kitbooth.errors import UserFacingError
     from training.artifact import load_artifact
     from training.eval import EVAL_PROMPTS, ClipScorer, evaluate, load_photos
 
+    cli_levers.check_eval_args(args)
     try:
         art = load_artifact(Path(args.concept))
         photos = load_photos(args.photos)
@@ -246,8 +301,13 @@ def _eval(args: argparse.Namespace, settings: Any) -> int:
             )
         if clip is None:
             report.notes.append("CLIP-T skipped: no CLIP model available locally")
+        levers = cli_levers.lever_report(args, pipe, composer, art, photos, prompts) if args.levers else None
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(report.to_json() if args.json else report.format())
+    if args.json:
+        print(report.to_json() if levers is None else
+              json.dumps({**json.loads(report.to_json()), "levers": levers.to_dict()}, indent=2))
+    else:
+        print(report.format() + ("" if levers is None else "\n\n" + levers.format()))
     return 0

@@ -2,8 +2,10 @@
 
     kitbooth train --photos DIR --kind face --out me.safetensors [--base-model ID|DIR] [--steps N] [--resume]
 
-Reads the photos, runs the same photo checks the bot runs (``training.faces``), prints the per-photo report and
-exits 1 without writing ``--out`` when too few pass. Then trains with a progress bar, checkpointing beside the
+Every argument is checked first (``training.cli_checks``: paths by class, numbers against ``kitbooth.limits``,
+a ``--resume`` checkpoint by ``training.cli_resume``): one line, exit 1, nothing written. Then it reads the
+photos (naming the files skipped for their type), runs the same photo checks the bot runs (``training.faces``),
+prints the report with each photo named by its file and exits 1 without writing ``--out`` when too few pass. Then trains with a progress bar, checkpointing beside the
 output (``FILE.ckpt``, every ``--checkpoint-every`` steps and on Ctrl-C), so ``--resume`` continues where it
 stopped; ``--slice-steps N`` trains at most N steps in this run, checkpoints and exits with code 3.
 """
@@ -14,15 +16,21 @@ import argparse
 import sys
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+from kitbooth import limits
+from training import cli_checks as check
+from training.cli_checks import IMAGE_SUFFIXES
+
+__all__ = ["IMAGE_SUFFIXES", "checkpoint_path", "read_photo_dir", "register"]
+
 EXIT_TOO_FEW_PHOTOS = 1
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = check.EXIT_BAD_INPUT
 EXIT_NOT_FINISHED = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="learn a face, kit or style from a folder of photos into one concept file",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    check.one_line_errors(p, "train")
     p.add_argument("--photos", required=True, type=Path, help="folder of photos (JPEG, PNG, WebP, ...)")
     p.add_argument("--kind", required=True, choices=("face", "kit", "style"))
     p.add_argument("--method", choices=("pivotal", "lora", "ti"), help="default: pivotal for faces, lora otherwise")
@@ -39,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="auto, cpu or cuda (default: settings)")
     p.add_argument("--dtype", default=None, help="auto, float16, bfloat16 or float32 (default: settings)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=check.first(check_args, _train))
 
 
 def checkpoint_path(out: Path) -> Path:
@@ -48,8 +56,22 @@ def checkpoint_path(out: Path) -> Path:
 
 def read_photo_dir(folder: Path) -> list[tuple[str, bytes]]:
     """(filename, bytes) of the image files in ``folder``, sorted by name (not recursive)."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    return [(p.name, p.read_bytes()) for p in files]
+    return check.photo_files(folder)[0]
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every argument, before a photo is read or a model loaded (``BadArgument``: one line, exit 1)."""
+    check.input_dir(args.photos, "--photos")
+    check.output_file(args.out, "--out")
+    check.output_file(checkpoint_path(args.out), "--out's checkpoint")
+    check.base_model(args.base_model)
+    check.integer(args.steps, "--steps", 1, limits.TRAIN_STEPS_MAX)
+    check.side(args.resolution, "--resolution")
+    check.integer(args.batch_size, "--batch-size", 1, limits.TRAIN_BATCH_MAX)
+    check.integer(args.rank, "--rank", 1, limits.LORA_RANK_MAX)
+    check.seed(args.seed)
+    check.integer(args.checkpoint_every, "--checkpoint-every", 1, limits.TRAIN_STEPS_MAX)
+    check.integer(args.slice_steps, "--slice-steps", 1, limits.TRAIN_STEPS_MAX)
 
 
 def _check_photos(kind: str, photos: list[tuple[str, bytes]], resolution: int):
@@ -61,23 +83,26 @@ def _check_photos(kind: str, photos: list[tuple[str, bytes]], resolution: int):
 
 
 def _train(args: argparse.Namespace, settings) -> int:
+    from training.cli_resume import check_checkpoint
     from training.config import default_config
 
-    if not args.photos.is_dir():
-        print(f"error: --photos {args.photos} is not a folder", file=sys.stderr)
-        return EXIT_BAD_INPUT
     try:
         config = default_config(args.kind, method=args.method, steps=args.steps, resolution=args.resolution,
                                 batch_size=args.batch_size, rank=args.rank, seed=args.seed,
                                 checkpoint_every=args.checkpoint_every)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        raise check.BadArgument(f"{exc} — check the training options.") from None
+    ckpt = checkpoint_path(args.out)
+    if args.resume and ckpt.exists():
+        check.input_file(ckpt, "--resume checkpoint")
+        check_checkpoint(ckpt, config)
 
-    photos = read_photo_dir(args.photos)
+    photos, skipped = check.photo_files(args.photos)
+    if skipped:
+        print(check.skipped_line(skipped))
     report = _check_photos(args.kind, photos, config.resolution)
     print(f"Photos in {args.photos} ({len(photos)} files):")
-    print(report.checklist())
+    print(check.file_report(report))
     if not report.ok():
         print(f"Not enough usable photos: {args.out} was not written.", file=sys.stderr)
         return EXIT_TOO_FEW_PHOTOS
@@ -93,6 +118,7 @@ def _run_training(args: argparse.Namespace, settings, config, photos) -> int:
 
     from kitbooth.errors import UserFacingError
     from training.artifact import save_artifact, write_atomic
+    from training.cli_resume import unusable
     from training.loop import Trainer
 
     ref = args.base_model or settings.base_model
@@ -116,7 +142,11 @@ def _run_training(args: argparse.Namespace, settings, config, photos) -> int:
     trainer = Trainer.from_photos(pipe, photos, config, base_model_id=str(ref), progress=on_progress,
                                   should_stop=stop.is_set, on_checkpoint=lambda _s, blob: write_atomic(ckpt, blob))
     if args.resume and ckpt.is_file():
-        trainer.load_state_dict(ckpt.read_bytes())
+        try:
+            trainer.load_state_dict(ckpt.read_bytes())
+        except Exception:  # noqa: BLE001 - checked above; anything left (another base model's tensors) is the same
+            bar.close()
+            raise unusable(ckpt, "it does not fit this model") from None
         bar.n = bar.initial = trainer.step
         bar.refresh()
         print(f"resuming from {ckpt} at step {trainer.step}/{config.steps}")

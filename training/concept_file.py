@@ -24,6 +24,11 @@ within half precision (the worker may run fp16), alpha included; dtypes; each Lo
 base model (``training.base_layers``) with exactly peft's shapes, has both halves, a rank in
 1..``LORA_RANK_MAX``; 1..``TI_VECTORS_MAX`` vectors of the text width; metadata types; and no name that
 reads as a reserved token (``<kb-slot-N>``, ``<|...|>``) after NFKC + lower-casing.
+
+Consent: a caller that names the kind it means (``kind=``: the bot's ``/kit import`` and ``/style import``, the
+worker's load, ``kitbooth import``) gets a KitBooth face refused as anything but a face — our own file of kind
+``face``, or any file that says it holds one (``kitbooth_kind``/``kind`` metadata, or a trigger, embedding or
+output name such as ``<kb-face-0>`` / ``alice-kb-face``: see ``face_marks``). A face is only its owner's.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ OWN_FORMAT_VERSION = "1"
 KINDS = ("face", "kit", "style")
 METHODS = ("pivotal", "lora", "ti", "imported")
 
+NOT_OWN = ("This is not a KitBooth concept file — make it one with `kitbooth import FILE --kind kit --out "
+           "NAME.safetensors` first.")
 WRONG_BASE = ("This file was made for a different base model ({guess}) — KitBooth uses {base}; look for a version "
               "of it made for {base}.")
 
@@ -122,6 +129,35 @@ def safe_stem(name: str) -> str:
     return stem[:40] or "concept"
 
 
+_FACE_NAME = re.compile(r"kb[-_ ]?face")
+_KIND_KEYS = ("kitbooth_kind", "kind")
+_NAME_KEYS = ("kitbooth_trigger", "trigger", "ss_trigger", "ss_output_name", "name", "modelspec.title")
+FACE_REFUSED = ("This is a KitBooth face concept, and a face can only be used by the person it belongs to — "
+                "import a kit or style file instead.")
+
+
+def face_marks(names: list[str], metadata: dict[str, str]) -> bool:
+    """True when a file says it holds a KitBooth face: its kind metadata, or a name with our face token
+    (``kb-face``, after NFKC + lower-casing, so ``<KB-FACE-0>`` and ``alice-kb_face`` count)."""
+    if any(metadata.get(k, "").strip().lower() == "face" for k in _KIND_KEYS):
+        return True
+    texts = names + [metadata[k] for k in _NAME_KEYS if metadata.get(k)]
+    return any(_FACE_NAME.search(unicodedata.normalize("NFKC", t).lower()) for t in texts)
+
+
+def _refuse_kind(kind: str | None, own_kind: object, names: list[str], metadata: dict[str, str]) -> None:
+    """The intended ``kind`` against what the file is (None: the caller takes any kind, e.g. a local CLI run)."""
+    if kind is None:
+        return
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    if kind != "face" and (own_kind == "face" or face_marks(names, metadata)):
+        raise IncompatibleArtifact(FACE_REFUSED)
+    if own_kind is not None and own_kind != kind:
+        raise IncompatibleArtifact(f"This KitBooth concept file holds a {own_kind}, not a {kind} — use it as a "
+                                   f"{own_kind}.")
+
+
 def _refuse_reserved(names: list[str]) -> None:
     for name in names:
         if is_reserved(name):
@@ -132,8 +168,9 @@ def _refuse_reserved(names: list[str]) -> None:
 # --- entry points -----------------------------------------------------------------------------------------
 def read_concept(data: bytes, base: BaseModel | None, *, filename: str = "concept.safetensors",
                  trigger: str | None = None, max_bytes: int = limits.CONCEPT_FILE_BYTES,
-                 foreign_base: BaseModel | None = None) -> ConceptFile:
-    """Validate concept-file bytes against ``base``. ``base`` None: KitBooth's own files are checked without a
+                 foreign_base: BaseModel | None = None, kind: str | None = None) -> ConceptFile:
+    """Validate concept-file bytes against ``base``; ``kind``: what the caller means to use it as (a face is
+    refused as anything else, an own file of another kind too; None: any). ``base`` None: KitBooth's own files are checked without a
     layer table, others against ``foreign_base`` (refused when that is None too). Raises ``IncompatibleArtifact``
     (an ``InvalidInput``) with one sentence."""
     if len(data) > max_bytes:
@@ -143,18 +180,18 @@ def read_concept(data: bytes, base: BaseModel | None, *, filename: str = "concep
         raise IncompatibleArtifact("That file is empty — upload the `.safetensors` LoRA or embedding file itself.")
     tensors, metadata = safetensors_file.read(data, filename)
     return from_tensors(tensors, metadata, base, filename=filename, trigger=trigger, size_bytes=len(data),
-                        foreign_base=foreign_base)
+                        foreign_base=foreign_base, kind=kind)
 
 
 def from_tensors(tensors: dict[str, np.ndarray], metadata: dict[str, str], base: BaseModel | None, *,
                  filename: str = "concept", trigger: str | None = None, size_bytes: int = 0,
-                 foreign_base: BaseModel | None = None) -> ConceptFile:
+                 foreign_base: BaseModel | None = None, kind: str | None = None) -> ConceptFile:
     """The checks after the container: layout, values, shapes against ``base``, names."""
     own = metadata.get("format") == OWN_FORMAT
     if base is None and not own:
         base = foreign_base
     if base is None and not own:
-        raise IncompatibleArtifact("This is not a KitBooth concept file — import it as a kit or style instead.")
+        raise IncompatibleArtifact(NOT_OWN)
     hidden = base.hidden_size if base is not None else _own_hidden(metadata)
     parsed = parse_layout(tensors, metadata, own=own, base=base, base_label=_label(base))
     for key, arr in tensors.items():
@@ -177,6 +214,7 @@ def from_tensors(tensors: dict[str, np.ndarray], metadata: dict[str, str], base:
     declared = [n for n in (parsed.embedding_name,) if n] + parsed.embedding_keys + list(tokens)
     declared += _declared_triggers(metadata)
     _refuse_reserved(declared)
+    _refuse_kind(kind, fields.get("kind"), declared, metadata)
     return ConceptFile(
         layout=parsed.layout, source=parsed.source, hidden_size=hidden, tokens=tuple(tokens), embeddings=emb,
         lora=tuple(lora), embedding_names=tuple(parsed.embedding_keys), metadata=dict(metadata), own=fields,

@@ -44,22 +44,26 @@ __all__ = [
 
 SD15_HIDDEN = SD15.hidden_size
 MAX_IMPORT_BYTES = limits.CONCEPT_FILE_BYTES
+_PT_META = ("name", "kitbooth_kind", "kitbooth_trigger")
 
 
 def load_concept(data: bytes, *, base: BaseModel | None, kind: str, filename: str = "concept.safetensors",
                  base_model: str = "", trigger: str | None = None,
                  max_bytes: int = limits.CONCEPT_FILE_BYTES) -> ConceptArtifact:
-    """A concept file's artifact, validated against ``base`` (the worker: its resident pipeline's table)."""
-    cf = read_concept(data, base, filename=filename, trigger=trigger, max_bytes=max_bytes)
+    """A concept file's artifact, validated against ``base`` (the worker: its resident pipeline's table) and
+    as ``kind`` (a face file is refused as a kit or style)."""
+    cf = read_concept(data, base, filename=filename, trigger=trigger, max_bytes=max_bytes, kind=kind)
     return artifact_of(cf, kind=kind, base_model=base_model)
 
 
-def import_file(path_or_bytes: str | Path | bytes, filename: str | None = None, *, kind: str,
+def import_file(path_or_bytes: str | Path | bytes, filename: str | None = None, *, kind: str | None,
                 base_model: str = "", pipe=None, trigger: str | None = None,
                 base: BaseModel | None = None) -> ConceptArtifact:
     """Read a concept file in any supported format (``.pt`` embeddings too). The base model is ``base``, else
     ``pipe``'s own table, else none for KitBooth's own files (checked without a layer table) and SD 1.5 for
-    others. Raises ``IncompatibleArtifact`` (an ``InvalidInput``) with one sentence."""
+    others. ``kind``: what the file is to be used as (a face is refused as a kit or style); None takes the file
+    as it is (a community file then reads as a kit). Raises ``IncompatibleArtifact`` (an ``InvalidInput``)
+    with one sentence."""
     base = base if base is not None else from_pipeline(pipe) if pipe is not None else None
     if isinstance(path_or_bytes, bytes | bytearray):
         data, filename = bytes(path_or_bytes), filename or "concept"
@@ -70,11 +74,11 @@ def import_file(path_or_bytes: str | Path | bytes, filename: str | None = None, 
         data, filename = p.read_bytes(), filename or p.name
     if looks_like_pickle(data):
         cf = from_tensors(*_torch_file(data), base, filename=filename, trigger=trigger, size_bytes=len(data),
-                          foreign_base=SD15)
+                          foreign_base=SD15, kind=kind)
         cf = dataclasses.replace(cf, source="a1111")
     else:
-        cf = read_concept(data, base, filename=filename, trigger=trigger, foreign_base=SD15)
-    art = artifact_of(cf, kind=kind, base_model=base_model)
+        cf = read_concept(data, base, filename=filename, trigger=trigger, foreign_base=SD15, kind=kind)
+    art = artifact_of(cf, kind=kind or "kit", base_model=base_model)
     if pipe is not None:
         check_compatible(art, pipe)
     return art
@@ -100,7 +104,9 @@ def _torch_file(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if not tensors or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
         raise IncompatibleArtifact("This .pt file holds something other than named tensors — use a .safetensors "
                                    "version of it.")
-    return {k: v.detach().cpu().float().numpy() for k, v in tensors.items()}, {}
+    # Its string fields (A1111's ``name``, our ``kitbooth_kind``) are metadata the validator reads (consent).
+    meta = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, str) and k in _PT_META}
+    return {k: v.detach().cpu().float().numpy() for k, v in tensors.items()}, meta
 
 
 def artifact_of(cf: ConceptFile, *, kind: str, base_model: str = "") -> ConceptArtifact:

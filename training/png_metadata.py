@@ -35,6 +35,17 @@ def a1111_parameters(prompt: str, negative: str, *, steps: int, cfg: float, seed
     return f"{prompt}\nNegative prompt: {negative}\n{line}"
 
 
+def with_extra(parameters: str, extra: dict[str, Any]) -> str:
+    """``parameters`` (as :func:`a1111_parameters` wrote them) with more fields, before ``Version`` (A1111 order:
+    generation fields first, the writer last). A field already there is replaced."""
+    head, sep, line = parameters.rpartition("\n")
+    fields = dict(part.split(": ", 1) for part in line.split(", ") if ": " in part)
+    version = fields.pop("Version", f"KitBooth {__version__}")
+    fields.update({k: str(v) for k, v in extra.items()})
+    fields["Version"] = version
+    return f"{head}{sep}" + ", ".join(f"{k}: {v}" for k, v in fields.items())
+
+
 def png_bytes(image: Image.Image, parameters: str) -> bytes:
     """PNG with A1111's ``parameters`` chunk and a machine-readable "AI generated" mark."""
     info = PngInfo()

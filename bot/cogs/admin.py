@@ -1,6 +1,7 @@
-"""/kitbooth (Manage Server): ``settings`` — the daily image quota, which roles may train a face, NSFW per channel
-(without options it shows them; every option given is applied, then the result shown); ``cancel`` — stop a
-member's jobs in this server (through ``bot.cancel``, the one cancel path).
+"""/kitbooth (Manage Server): ``settings`` — the daily image quota, which roles may train a face, NSFW per channel,
+best-of-N (without options it shows them; every option given is applied, then the result shown); ``cancel`` — stop
+a member's jobs in this server (through ``bot.cancel``, the one cancel path); ``allow-lookalike`` — let two members
+who look alike (twins) each train their own face although it matches the other's (``bot.lookalike``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import cancel, catalogue
+from bot.generate_request import DEFAULT_BEST_OF
+from kitbooth import limits
 from kitbooth.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
@@ -38,13 +41,18 @@ def render(settings: GuildSettings, default_quota: int, guild: discord.Guild | N
     lines = [f"<#{cid}>: {'allowed' if v == 'allow' else 'blocked'}" for cid, v in sorted(policy.items())]
     e.add_field(name="NSFW images", value="\n".join(lines + ["other channels: only channels marked NSFW"])[:1024],
                 inline=False)
+    best = settings.best_of if settings.best_of is not None else DEFAULT_BEST_OF
+    e.add_field(name="Best-of-N (likeness)",
+                value=("off" if best <= 1 else f"{best} candidates per image shown, the closest to the member's "
+                       f"face kept (at most {limits.CANDIDATES_MAX} per request)")
+                + (" (default)" if settings.best_of is None else ""), inline=False)
     return e
 
 
 async def apply_settings(
     services: Services, guild_id: int, *, daily_quota: int | None = None, reset_quota: bool = False,
     add_train_role: int | None = None, remove_train_role: int | None = None, everyone_may_train: bool = False,
-    nsfw_channel: int | None = None, nsfw: NsfwChoice | None = None,
+    nsfw_channel: int | None = None, nsfw: NsfwChoice | None = None, best_of: int | None = None,
 ) -> tuple[GuildSettings, list[str]]:
     """Validate every option first, then write once; returns the new settings and what changed."""
     db = services.db
@@ -85,6 +93,11 @@ async def apply_settings(
             policy[str(nsfw_channel)] = nsfw
         changes["nsfw_policy"] = policy
         said.append(f"NSFW in <#{nsfw_channel}> → {nsfw}")
+    if best_of is not None:
+        if not 1 <= best_of <= limits.BEST_OF_MAX:
+            raise InvalidInput(f"Best-of-N must be between 1 (off) and {limits.BEST_OF_MAX}.")
+        changes["best_of"] = best_of
+        said.append("best-of-N → " + ("off" if best_of == 1 else f"{best_of} candidates per image"))
     if changes:
         current = await db.update_guild_settings(guild_id, **changes)
         log.info("guild %s: settings changed: %s", guild_id, sorted(changes))
@@ -107,6 +120,8 @@ class AdminCog(commands.Cog):
         everyone_may_train="Let everyone train again (clears the role list)",
         nsfw_channel="The channel whose NSFW policy to set",
         nsfw="allow, block, or default (only channels marked NSFW allow it)",
+        best_of=f"Candidates per image shown, the closest to the member's face kept (1 = off, up to "
+                f"{limits.BEST_OF_MAX})",
     )
     async def settings(
         self, interaction: discord.Interaction,
@@ -117,6 +132,7 @@ class AdminCog(commands.Cog):
         everyone_may_train: bool = False,
         nsfw_channel: discord.TextChannel | None = None,
         nsfw: NsfwChoice | None = None,
+        best_of: app_commands.Range[int, 1, limits.BEST_OF_MAX] | None = None,
     ) -> None:
         catalogue.require_manager(interaction)
         services: Services = interaction.client.services  # type: ignore[attr-defined]
@@ -127,7 +143,7 @@ class AdminCog(commands.Cog):
             add_train_role=add_train_role.id if add_train_role else None,
             remove_train_role=remove_train_role.id if remove_train_role else None,
             everyone_may_train=everyone_may_train, nsfw_channel=nsfw_channel.id if nsfw_channel else None,
-            nsfw=nsfw,
+            nsfw=nsfw, best_of=best_of,
         )
         head = ("✅ Updated: " + "; ".join(said)) if said else "Current settings:"
         await interaction.response.send_message(
@@ -153,6 +169,28 @@ class AdminCog(commands.Cog):
         await interaction.response.send_message(
             f"🛑 Cancelled {report.cancelled} job{'s' * (report.cancelled != 1)} of {member.mention}: "
             f"{len(report.removed)} removed from the queue, {len(report.aborting)} stopping at their next step.",
+            ephemeral=True, allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+
+    @kitbooth.command(name="allow-lookalike",
+                      description="Let two members who look alike (twins) each train their own face.")
+    @app_commands.describe(member="The member whose /train was refused as looking like someone else",
+                           lookalike="The member they look like")
+    async def allow_lookalike(self, interaction: discord.Interaction, member: discord.Member,
+                              lookalike: discord.Member) -> None:
+        catalogue.require_manager(interaction)
+        services: Services = interaction.client.services  # type: ignore[attr-defined]
+        if member.id == lookalike.id:
+            raise InvalidInput("Name two different members: the one who was refused and the one they look like.")
+        if member.bot or lookalike.bot:
+            raise InvalidInput("Bots have no face to train — name two members.")
+        await services.db.allow_lookalike(interaction.guild_id, member.id, lookalike.id, by=interaction.user.id)
+        log.info("guild %s: %s allowed look-alikes %s and %s", interaction.guild_id, interaction.user.id,
+                 member.id, lookalike.id)
+        await interaction.response.send_message(
+            f"✅ {member.mention} and {lookalike.mention} may each train their own face on this server, even though "
+            "they look alike. Ask them to run /train here.",
             ephemeral=True, allowed_mentions=discord.AllowedMentions.none(),
         )
 

@@ -162,7 +162,8 @@ async def import_entry(interaction: discord.Interaction, kind: Kind, name: str, 
     await interaction.response.defer(ephemeral=True, thinking=True)
     data = await file.read()
     info = await asyncio.to_thread(imports.check_import, data, file.filename,
-                                   hidden_size=settings.base_hidden_size, max_bytes=settings.max_upload_bytes)
+                                   hidden_size=settings.base_hidden_size, max_bytes=settings.max_upload_bytes,
+                                   kind=kind)
     tokens = [t for t in info.embedding_names if t not in ("emb_params",) and not t.startswith("string_to_param")]
     concept = await db.create_concept(owner_id=None, guild_id=interaction.guild_id, kind=kind, name=name,
                                       method="imported", status="pending", trigger_tokens=tokens)

@@ -53,7 +53,9 @@ class GenerateCog(commands.Cog):
                                           count=count, seed=seed, shape=shape)
         await interaction.response.defer(thinking=True)  # public: the results land in this message
         job, queue = await enqueue_generate(services, interaction, req, face)
-        await interaction.followup.send(f"{describe(req)}\n⏳ {jobs.format_queue(queue)} · job {job.id}")
+        sent = await interaction.followup.send(f"{describe(req)}\n⏳ {jobs.format_queue(queue)} · job {job.id}",
+                                               wait=True)
+        await jobs.record_echo(services, job, sent)  # /forget deletes it
 
     @generate.autocomplete("kit")
     async def _kit_autocomplete(self, interaction: discord.Interaction, current: str):

@@ -216,8 +216,13 @@ async def test_forget_with_a_running_job_keeps_only_the_cancel_flag(services):
     assert await s.arq.zscore(abort_jobs_ss, slice_id) is not None
     job_ids = {running.id, a["done"].id, a["queued"].id}
     left = await redis_traces(s, ALICE, job_ids)
-    assert sorted(left) == sorted([f"key {flag}", f"arq key {in_progress_key_prefix}{slice_id}",
+    assert sorted(left) == sorted([f"arq key {in_progress_key_prefix}{slice_id}",
                                    f"queue entry {slice_id.encode()!r}"])
+    # The flags that outlive the job name a hashed id only (the forget marker tells the running job to erase
+    # what it writes when it ends).
+    marker = contract.forgotten_user_key(ALICE)
+    assert str(ALICE) not in flag + marker and contract.user_tag(ALICE) in flag
+    assert await s.arq.exists(marker) and 0 < await s.arq.ttl(marker) <= contract.FORGOTTEN_TTL_S
     # A file the running job writes after the purge is caught by the next step of the worker's cancel check;
     # forgetting again (idempotent) removes it.
     s.store.put_bytes(keys.checkpoint_prefix(ALICE, a["new"].id) + "late.safetensors", b"late")
@@ -230,3 +235,31 @@ async def test_forget_of_a_stranger_is_harmless(services):
     report = await forget.forget_user(services, ALICE)
     assert report.rows["users"] == 0 and report.total_files == 0
     assert await redis_traces(services, ALICE, set()) == []
+
+
+async def test_forgotten_rows_are_not_readable_in_the_database_files(services, tmp_path):
+    """secure_delete zeroes the freed pages and a TRUNCATE checkpoint empties the WAL: the bytes of kitbooth.db,
+    -wal and -shm hold none of the forgotten user's prompts or ids (the other user's rows are still there)."""
+    from pathlib import Path
+
+    s = services
+    await populate(s, ALICE)
+    await populate(s, BOB)
+    prompt = "alice unique prompt: bicycle kick at the kop"
+    marked = await s.db.create_job(kind="generate", user_id=ALICE, guild_id=GUILD, channel_id=CHANNEL,
+                                   payload={"prompt": prompt})
+    await s.db.record_message(user_id=ALICE, channel_id=CHANNEL, message_id=777, kind="echo", job_id=marked.id)
+    path = tmp_path / "kitbooth.db"
+
+    def raw() -> bytes:
+        return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists())
+
+    assert prompt.encode() in raw() and str(ALICE).encode() in raw()  # the check sees her before
+    await forget.forget_user(s, ALICE)
+    # The kit she added stays with the server, without her (populate() named it after her id).
+    after = raw().replace(f"Kit {ALICE}".encode(), b"")
+    assert prompt.encode() not in after and b"me at anfield" in after  # Bob's rows are still readable
+    i = after.find(str(ALICE).encode())
+    assert i < 0, after[max(0, i - 200):i + 60]
+    assert ALICE.to_bytes(8, "big") not in after
+    assert Path(f"{path}-wal").stat().st_size == 0  # checkpointed and truncated

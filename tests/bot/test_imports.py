@@ -192,3 +192,11 @@ def test_embedding_named_like_a_slot_token_is_refused():
 def test_ordinary_trigger_metadata_is_accepted():
     info = check(save(sd15_lora(), metadata={"tokens": json.dumps(["<kb-kit-0>"]), "kitbooth_trigger": "arsenal"}))
     assert info.kind == "lora"
+
+
+@pytest.mark.parametrize("kind", ["kit", "style"])
+def test_a_kitbooth_face_is_refused_as_a_kit_or_style(kind):
+    face = save({"emb_params": np.zeros((2, H), np.float32)}, metadata={"kitbooth_kind": "face"})
+    with pytest.raises(IncompatibleArtifact, match="face can only be used by the person it belongs to"):
+        check(face) if kind == "kit" else check_import(face, "x.safetensors", hidden_size=H, max_bytes=MAX,
+                                                       kind="style")

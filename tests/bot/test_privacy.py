@@ -59,7 +59,7 @@ async def test_forget_confirm_deletes_everything_and_reports(arena):
     assert first.path.endswith("/callback")  # acknowledged before the work
     text = done.response.content
     assert "no longer holds anything" in text and "generated images: 2" in text and "face concepts: 1" in text
-    assert "1 Discord message" in text
+    assert "Discord messages showing your pictures or prompts: 1 message deleted" in text
     assert any(r.method == "DELETE" and r.path.endswith(f"/messages/{msg.id}") for r in arena.env.http_requests)
     assert not done.response.components  # the buttons are gone
     assert s.store.list(keys.user_prefix(alice.id)) == []

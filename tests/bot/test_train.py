@@ -44,10 +44,14 @@ async def test_train_modal_happy_path_real_photo_checks(arena):
     assert concept.kind == "face" and concept.status == "training" and concept.owner_id == arena.alice.id
     user = await s.db.get_user(arena.alice.id)
     assert user.consent_at is not None
-    # Only the crops (PNG) and their face masks are stored, under the photo keys.
+    # Only the crops (PNG) and their face masks are stored, under the photo keys, and the face's reference
+    # identity (the mean selfie descriptor, 1024 bytes) that the worker's best-of-N reads.
     stored = s.store.list(keys.user_prefix(arena.alice.id))
     crops = [keys.photo_key(arena.alice.id, concept.id, i) for i in range(5)]
-    assert stored == sorted(crops + [keys.mask_key(k) for k in crops])
+    reference = keys.reference_key(arena.alice.id, concept.id)
+    assert stored == sorted(crops + [keys.mask_key(k) for k in crops] + [reference])
+    assert len(s.store.get_bytes(reference)) == 1024
+    stored.remove(reference)
     mask = Image.open(io.BytesIO(s.store.get_bytes(keys.mask_key(crops[0]))))
     assert mask.mode == "L" and mask.size == Image.open(io.BytesIO(s.store.get_bytes(crops[0]))).size
     assert all(s.store.get_bytes(k).startswith(b"\x89PNG") for k in stored)

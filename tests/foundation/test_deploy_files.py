@@ -93,3 +93,40 @@ def test_process_venvs_are_ignored_by_git_and_docker():
     dockerignore = (ROOT / ".dockerignore").read_text().split()
     for venv in (".venv-bot", ".venv-worker"):
         assert f"/{venv}/" in gitignore and venv in dockerignore
+
+
+def test_compose_healthchecks_volumes_replicas_and_the_s3_profile(compose):
+    services = compose["services"]
+    for name in ("redis", "bot", "worker", "minio"):
+        check = services[name]["healthcheck"]["test"]
+        assert check[0] == "CMD", (name, check)
+    for name in ("bot", "worker"):  # the process's own /readyz, on the port its settings serve it on
+        svc = services[name]
+        port = svc["environment"]["KITBOOTH_HEALTH_PORT"]
+        assert svc["healthcheck"]["test"][1:] == ["kitbooth", "health", "--probe", f"http://127.0.0.1:{port}/readyz"]
+        assert svc["env_file"] == [{"path": ".env", "required": False}]  # one .env for every service
+        assert "kitbooth-data:/data" in svc["volumes"]
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "redis-data:/data" in services["redis"]["volumes"]
+    worker = services["worker"]
+    assert "hf-cache:/models" in worker["volumes"] and "replicas" in worker["deploy"]
+    assert worker["environment"]["KITBOOTH_DEVICE"] == "cuda"
+    assert "profiles" not in worker and "profiles" not in services["bot"]
+    for name in ("minio", "minio-bucket"):  # optional: only with `--profile s3`
+        assert services[name]["profiles"] == ["s3"]
+    assert "minio-data:/data" in services["minio"]["volumes"]
+
+
+def test_each_image_runs_as_non_root_and_installs_only_its_own_extra():
+    stages = _stages()
+    assert re.search(r"^RUN useradd .*\bkitbooth\b", stages["base"], re.M)
+    recipe = (ROOT / "scripts" / "install-process").read_text()
+    branches = dict(re.findall(r"^  (bot|worker)\)\n(.*?);;", recipe, re.M | re.S))
+    assert '".[worker]"' not in branches["bot"] and "torch" not in branches["bot"].lower()  # the bot: no torch
+    assert '".[bot]"' not in branches["worker"]
+    for target in ("bot", "worker"):
+        users = re.findall(r"^USER (\S+)$", stages[target], re.M)
+        assert users == ["kitbooth"], (target, users)
+        lines = stages[target].splitlines()
+        assert lines.index("USER kitbooth") > next(i for i, ln in enumerate(lines) if ln.startswith("RUN "))
+    assert "TORCH" not in stages["bot"] and "HF_HOME" not in stages["bot"]

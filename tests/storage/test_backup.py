@@ -131,7 +131,8 @@ async def test_damaged_or_unfinished_backups_are_refused(tmp_path):
     with pytest.raises(StorageError, match="already holds a backup"):
         backup(src, None, tmp_path / "bk")
     copy = tmp_path / "bk" / "kitbooth.db"
-    copy.write_bytes(copy.read_bytes()[:-100] + b"\0" * 100)
+    data = copy.read_bytes()  # flip bits (secure_delete leaves free pages zeroed: zeros could change nothing)
+    copy.write_bytes(data[:-100] + bytes(b ^ 0xFF for b in data[-100:]))
     with pytest.raises(StorageError, match="does not match its manifest"):
         restore(tmp_path / "bk", tmp_path / "b.db")
     assert not (tmp_path / "b.db").exists()

@@ -27,7 +27,7 @@ def make_artifact(  # values are fp16-exact, so files written in fp16 hold exact
     has_lora = method in ("lora", "pivotal")
     return ConceptArtifact(
         kind=kind, method=method, base_model="tiny", hidden_size=hidden,
-        tokens=["<kb-face-0>", "<kb-face-1>"] if has_ti else ["zwkit"],
+        tokens=[f"<kb-{kind}-0>", f"<kb-{kind}-1>"] if has_ti else ["zwkit"],
         embeddings=fp16(torch.randn(2, hidden, generator=g)) if has_ti else None,
         unet_lora=lora(pipe.unet, ("to_q", "to_k", "to_v", "to_out.0")) if has_lora else {},
         text_lora=lora(pipe.text_encoder, ("q_proj", "k_proj", "v_proj", "out_proj")) if text else {},

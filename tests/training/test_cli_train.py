@@ -35,7 +35,7 @@ def test_train_kit_writes_a_concept(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "out" / "kit.safetensors"
     assert main(_args(photos, out, tiny_model_dir, "--kind", "kit", "--steps", "4")) == 0
     text = capsys.readouterr().out
-    assert "photo 1" in text and "photo 2" in text and "wrote" in text
+    assert "red_home_kit.png: ok" in text and "red_home_kit_back.jpg: ok" in text and "wrote" in text
     art = load_artifact(out)
     assert (art.kind, art.method, art.steps, art.rank) == ("kit", "lora", 4, 4)
     assert art.base_model == str(tiny_model_dir) and art.hidden_size == 32
@@ -48,7 +48,8 @@ def test_too_few_photos_exit_nonzero_without_writing(tmp_path, tiny_model_dir, c
     out = tmp_path / "face.safetensors"
     assert main(_args(photos, out, tiny_model_dir, "--kind", "face", "--steps", "2")) == 1
     captured = capsys.readouterr()
-    assert "photo 1" in captured.out and "photo 2" in captured.out and "not written" in captured.err
+    assert "IMG_0001.JPG: " in captured.out and "notes.png: " in captured.out and "not written" in captured.err
+    assert "photo 1" not in captured.out  # each photo is named by its file
     assert not out.exists()
 
 

@@ -132,3 +132,47 @@ def test_the_validator_imports_no_torch():
             "print([m for m in ('torch', 'diffusers', 'transformers', 'safetensors') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- consent: a face is refused as a kit or style, however it says so ----------------------------------------
+def _own(kind: str, tokens: list[str]) -> bytes:
+    meta = {"format": "kitbooth.concept", "format_version": "1", "kind": kind, "method": "ti", "base_model": "x",
+            "hidden_size": "768", "tokens": json.dumps(tokens), "rank": "", "alpha": "", "steps": "10"}
+    return save({"embeddings": np.zeros((len(tokens), 768), F16)}, metadata=meta)
+
+
+EMB = np.zeros((2, 768), F16)
+FACES = {
+    "own face": _own("face", ["<kb-face-0>", "<kb-face-1>"]),
+    "own face, other tokens": _own("face", ["<zz-0>", "<zz-1>"]),
+    "diffusers ti <kb-face-0>": save({"<KB-FACE-0>": EMB}),
+    "export renamed (kind metadata)": save({"emb_params": EMB}, metadata={"kitbooth_kind": "face"}),
+    "export trigger": save({"emb_params": EMB}, metadata={"kitbooth_trigger": "alice-kb-face"}),
+    "kohya output name": save(kohya(TO_K, (8, 768), (320, 8)), metadata={"ss_output_name": "alice-kb_face-lora"}),
+    "bundle named kb-face": save({**kohya(TO_K, (8, 768), (320, 8)), "bundle_emb.kb-face.emb_params": EMB}),
+    "fullwidth": save({"emb_params": EMB}, metadata={"name": "ｋｂ－ｆａｃｅ"}),
+}
+
+
+@pytest.mark.parametrize("kind", ["kit", "style"])
+@pytest.mark.parametrize("name", list(FACES))
+def test_a_face_is_refused_as_a_kit_or_style_in_one_sentence(name, kind):
+    with pytest.raises(IncompatibleArtifact, match="face can only be used by the person it belongs to") as e:
+        read_concept(FACES[name], SD15, kind=kind)
+    assert "\n" not in str(e.value)
+    assert read_concept(FACES[name], SD15, kind="face") is not None  # as a face (its owner's load) it is fine
+    assert read_concept(FACES[name], SD15) is not None  # no intended kind: a local run takes it as it is
+
+
+def test_a_face_named_file_is_refused_and_a_plain_kit_accepted():
+    with pytest.raises(IncompatibleArtifact, match="face"):
+        read_concept(save({"emb_params": EMB}), SD15, filename="kb-face.safetensors", kind="kit")
+    assert read_concept(save({"emb_params": EMB}), SD15, filename="arsenal.safetensors", kind="kit").tokens == (
+        "<arsenal-0>", "<arsenal-1>")
+    assert read_concept(save({"emb_params": EMB}, metadata={"kitbooth_kind": "style"}), SD15, kind="style")
+
+
+def test_an_own_file_of_another_kind_is_refused_by_name():
+    with pytest.raises(IncompatibleArtifact, match="holds a kit, not a style — use it as a kit"):
+        read_concept(_own("kit", ["<kb-kit-0>"]), SD15, kind="style")
+    assert read_concept(_own("kit", ["<kb-kit-0>"]), SD15, kind="kit").own["kind"] == "kit"

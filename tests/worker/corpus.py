@@ -54,14 +54,14 @@ def seeds(pipe, base: BaseModel, tmp) -> dict[str, bytes]:
     from tests.training.concepts import make_artifact
 
     out: dict[str, bytes] = {}
-    piv = make_artifact(pipe, method="pivotal", text=True, seed=1)
+    piv = make_artifact(pipe, method="pivotal", text=True, seed=1, kind="kit")  # a face is no kit
     out["own-pivotal"] = save_artifact(piv)
-    out["own-ti"] = save_artifact(make_artifact(pipe, method="ti", seed=2))
+    out["own-ti"] = save_artifact(make_artifact(pipe, method="ti", seed=2, kind="kit"))
     for fmt in ("kohya", "a1111", "diffusers"):
         for f in export(piv, fmt, tmp / fmt):
             out[f"{fmt}-{f.name}"] = f.read_bytes()
-    lora, meta = arrays(out["kohya-kb-face-lora.safetensors"])
-    emb, _ = arrays(out["kohya-kb-face.safetensors"])
+    lora, meta = arrays(out["kohya-kb-kit-lora.safetensors"])
+    emb, _ = arrays(out["kohya-kb-kit.safetensors"])
     out["kohya-bundle"] = rebuild({**lora, "bundle_emb.arsenal.string_to_param.*": emb["emb_params"]}, meta)
     out["a1111-safetensors"] = rebuild({"string_to_param.*": emb["emb_params"]}, {})
     out["diffusers-ti-1d"] = rebuild({"<red-kit>": emb["emb_params"][0]}, {})
@@ -180,10 +180,11 @@ def _meta_mutations(name: str, data: bytes) -> Iterator[Variant]:
                               ("tokens", "[]"), ("tokens", json.dumps(["<kb-slot-0>", "<kb-face-1>"])),
                               ("tokens", json.dumps(["<ｋｂ－ｓｌｏｔ-0>", "b"])), ("hidden_size", "768"),
                               ("hidden_size", "x"), ("format_version", "2"), ("kind", "boss"), ("method", "magic"),
-                              ("alpha", "nan"), ("alpha", "x"), ("steps", "-1"), ("extra", "[]")):
+                              ("alpha", "nan"), ("alpha", "x"), ("steps", "-1"), ("extra", "[]"),
+                              ("kind", "face")):  # a face offered as a kit: consent (both sides refuse)
             yield Variant(f"{name}|meta {field_}={value}", rebuild(tensors, {**meta, field_: value}))
     else:
-        for value in ("<kb-slot-2>", "<|endoftext|>", "ＫＢ-ＳＬＯＴ", "arsenal"):
+        for value in ("<kb-slot-2>", "<|endoftext|>", "ＫＢ-ＳＬＯＴ", "arsenal", "alice-kb-face"):
             yield Variant(f"{name}|trigger {value}", rebuild(tensors, {**meta, "kitbooth_trigger": value}))
         yield Variant(f"{name}|lora_adapter_metadata bad",
                       rebuild(tensors, {**meta, "lora_adapter_metadata": "[1]"}))
@@ -215,6 +216,6 @@ def variants(pipe, base: BaseModel, tmp) -> list[Variant]:
         for gen in (_entry_mutations(name, data), _value_mutations(name, data), _lora_mutations(name, data, base),
                     _meta_mutations(name, data)):
             out.extend(gen)
-    emb, _ = arrays(made["kohya-kb-face.safetensors"])
+    emb, _ = arrays(made["kohya-kb-kit.safetensors"])
     out.extend(_embedding_variants(emb["emb_params"]))
     return out

@@ -19,7 +19,8 @@ async def test_upscale_and_export_jobs(arq_pool, store, start_worker, worker_set
                                  target=target, prompt="x", seed=1)
     face = put_face(store, uid, 1, seed=1)
     ex = contract.ExportPayload(job_id=3, user_id=uid, concept_key=face.key,
-                                output_prefix=f"users/{uid}/exports/3/", target=target, formats=["a1111"])
+                                output_prefix=f"users/{uid}/exports/3/", target=target, formats=["a1111"],
+                                name="Zoë")
     await arq_pool.enqueue_job(contract.UPSCALE_JOB, up.to_dict(), _job_id=contract.arq_job_id(2))
     await arq_pool.enqueue_job(contract.EXPORT_JOB, ex.to_dict(), _job_id=contract.arq_job_id(3))
     await start_worker()
@@ -29,3 +30,4 @@ async def test_upscale_and_export_jobs(arq_pool, store, start_worker, worker_set
     assert Image.open(store.open(up.output_key)).size == (128, 128)
     assert by[3].type == "job.done", by[3]
     assert by[3].data["file_keys"] and all(store.exists(k) for k in by[3].data["file_keys"])
+    assert all(k.rsplit("/", 1)[-1].startswith("zoe-kb-face") for k in by[3].data["file_keys"])  # the owner's

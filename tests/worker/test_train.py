@@ -95,8 +95,12 @@ async def test_sliced_training_equals_an_uninterrupted_run(simcord_env, arq_pool
     # photos and checkpoints are gone; the sample image is stored and posted
     assert not store.list(keys.photos_prefix(alice.id, 1)) and await until_empty(store, p.checkpoint_prefix)
     assert all(store.exists(k) for k in ready.data["sample_keys"]) and ready.data["sample_keys"]
-    assert result.response.content.startswith("✅") and result.response.attachments
-    assert_marked(await result.response.attachments[0].read(), "portrait")  # the posted sample is marked too
+    # The private reply said "I'll post in this channel": the result is a channel message that mentions her
+    # (progress edited the private reply), and its id is in the event (the bot records it for /forget).
+    posted = ch.last_message
+    assert posted.content.startswith(f"<@{alice.id}> ✅") and posted.attachments and "✅" not in result.response.content
+    assert ready.data["message_id"] == posted.id
+    assert_marked(await posted.attachments[0].read(), "portrait")  # the posted sample is marked too
     # the final artifact equals one uninterrupted run's
     p2 = train_payload(store, alice.id, 12, steps=6, cid=2)
     p2 = contract.TrainPayload.from_dict({**p2.to_dict(), "seed": p.seed})
