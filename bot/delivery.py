@@ -70,7 +70,7 @@ async def render_event(services: Services, event: Event, job: Job | None) -> ren
         return render.generate_result(
             job_id=event.job_id, user_id=event.user_id, prompt=str(data.get("prompt") or payload.get("prompt") or ""),
             seeds=[int(x) for x in data.get("seeds") or []], pngs=pngs, nsfw=data.get("nsfw"),
-            seconds=data.get("seconds"), likeness=data.get("likeness"),
+            seconds=data.get("seconds"), likeness=data.get("likeness"), preview=bool(payload.get("instant_key")),
         )
     if event.type == "job.done" and event.kind == "upscale":
         found = await _read(services, data.get("output_keys"), event.user_id, limit=1)

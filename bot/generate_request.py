@@ -69,12 +69,16 @@ async def validate_prompt(services: Services, user_id: int, prompt: str) -> str:
 
 
 async def require_own_face(services: Services, user_id: int) -> Concept:
-    """The requester's own ready face concept — the only face a request can ever use."""
+    """The requester's own ready face concept — the only face a request can ever use — or, with the instant face
+    configured, their face still in training (``enqueue_generate`` then sends its ``instant_key``)."""
     face = await services.db.ready_face(user_id)
     if face is not None and face.artifact_key:
         return face
-    pending = await services.db.list_concepts(owner_id=user_id, kind="face")
-    if any(c.status in ("pending", "training") for c in pending):
+    learning = [c for c in await services.db.list_concepts(owner_id=user_id, kind="face")
+                if c.status in ("pending", "training")]
+    if learning and services.settings.instant_face_adapter:
+        return learning[-1]  # the instant face (issue 14) stands in until the trained face is ready
+    if learning:
         raise NotFound(FACE_TRAINING)
     raise NotFound(NO_FACE)
 
@@ -148,9 +152,10 @@ async def enqueue_generate(
     """Write the job row and enqueue the ``GeneratePayload`` (the face is always ``face``, the requester's)."""
     user_id = interaction.user.id
     assert face.owner_id == user_id, "a face concept is usable only by its owner"
-    face_ref = await concept_ref(services, face)
+    instant = face.status != "ready" or not face.artifact_key  # still learning: the instant face's embedding
+    face_ref = None if instant else await concept_ref(services, face)
     target = jobs.target_from_interaction(interaction)
-    reference_key = await lookalike.reference_key_for(services, user_id, face.id)
+    reference_key = None if instant else await lookalike.reference_key_for(services, user_id, face.id)
     gs = await services.db.guild_settings(interaction.guild_id) if interaction.guild_id is not None else None
     candidates = candidates_for(req.count, gs.best_of if gs else None) \
         if reference_key and variation_of is None else None
@@ -163,7 +168,7 @@ async def enqueue_generate(
             style=req.style.concept if req.style else None, style_words=req.style.words if req.style else None,
             count=req.count, seed=req.seed, width=req.width, height=req.height,
             variation_of=variation_of, allow_nsfw=req.allow_nsfw, reference_key=reference_key,
-            candidates=candidates,
+            candidates=candidates, instant_key=keys.instant_key(user_id, face.id) if instant else None,
         )
         s = services.settings
         if s.generate_steps is not None:  # deployment/test defaults (e.g. 2 steps at 64² on the tiny model)

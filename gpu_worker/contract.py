@@ -169,6 +169,9 @@ class GeneratePayload(_Wire):
     reference_key: str | None = None
     candidates: int | None = None
     face_detail: str = "auto"
+    # Instant face (optional): the key of the user's face embedding while their face is still training (then
+    # ``face`` is None); the worker conditions on it through IP-Adapter FaceID and labels the result a preview.
+    instant_key: str | None = None
     version: int = CONTRACT_VERSION
 
 

@@ -6,6 +6,7 @@ one batched ``generate`` call for several users' requests, one training slice, a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -41,6 +42,7 @@ class GenItem:
     face_detail: str = "off"
     face_use: Any = None
     likeness: list[float | None] = field(default_factory=list)
+    instant: Any = None  # the instant face's embedding (training.instant_face): its own pipeline call
 
 
 @dataclass
@@ -82,6 +84,8 @@ class Engine:
         # The seams of the likeness levers (training.rerank, training.face_detail): tests replace them.
         self.describe: Callable[[Any], Any] | None = None  # None: training.faces.face_descriptor
         self.find_face: Callable[[Any], Any] | None = None  # None: training.face_detail.main_face
+        # The instant face's seam: image -> 512-d embedding or None; None: insightface (built on first use).
+        self.embed_face: Callable[[Any], Any] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------------
     def load(self) -> None:
@@ -160,17 +164,69 @@ class Engine:
         for it in live:
             it.gpu_started = time.time()
         checker = False if all(it.payload.allow_nsfw for it in live) or not self.settings.safety_checker else None
-        out = generate(
-            self.pipe, self.composer, [r for _j, r in flat], request_progress=request_progress,
-            preview_every_s=1.0, should_stop=lambda: all(it.should_stop() for it in live), safety_checker=checker,
-        )
+        if any(it.instant is not None for it in live):
+            out, failed = self._instant_calls(live, flat, request_progress, checker)
+        else:
+            out, failed = generate(
+                self.pipe, self.composer, [r for _j, r in flat], request_progress=request_progress,
+                preview_every_s=1.0, should_stop=lambda: all(it.should_stop() for it in live),
+                safety_checker=checker,
+            ), {}
         self.calls.append(len(live))
         for j, i in enumerate(ok):
             it = items[i]
             images = [g for (jj, _r), imgs in zip(flat, out, strict=True) if jj == j for g in imgs]
+            if j in failed:
+                results[i] = failed[j]
+                continue
             results[i] = JobCancelled() if it.should_stop() else self._levers(it, images, checker)
             it.pipeline_seconds = time.perf_counter() - t0
         return results
+
+    def _instant_calls(self, live: list[GenItem], flat: list[tuple[int, Any]], request_progress: Any,
+                       checker: Any) -> tuple[list[Any], dict[int, Exception]]:
+        """The plain requests in one call, each instant-face item in its own call with the FaceID adapter
+        (its embedding conditions every row of that call), the base restored after each."""
+        from training.generate import generate
+        from training.instant_face import applied, labelled
+
+        calls: dict[int | None, list[int]] = {}
+        for n, (j, _r) in enumerate(flat):
+            calls.setdefault(j if live[j].instant is not None else None, []).append(n)
+        out: list[Any] = [[] for _ in flat]
+        failed: dict[int, Exception] = {}
+        for j, ns in calls.items():
+            def progress(m: int, step: int, total: int, preview: Any = None, ns: list[int] = ns) -> None:
+                request_progress(ns[m], step, total, preview)
+
+            mine = [live[flat[n][0]] for n in ns]
+            s = self.settings
+            scope = contextlib.nullcontext() if j is None else applied(
+                self.pipe, s.instant_face_adapter or "", live[j].instant, local_files_only=s.offline)
+            try:
+                with scope:
+                    res = generate(self.pipe, self.composer, [flat[n][1] for n in ns], request_progress=progress,
+                                   preview_every_s=1.0, should_stop=lambda mine=mine: all(it.should_stop()
+                                                                                          for it in mine),
+                                   safety_checker=checker)
+            except Exception as exc:  # noqa: BLE001 - an instant call fails only its own item
+                if j is None:
+                    raise
+                log.exception("job %s: instant face failed", live[j].payload.job_id)
+                failed[j] = exc
+                continue
+            for n, imgs in zip(ns, res, strict=True):
+                out[n] = imgs if j is None else labelled(imgs)
+        return out, failed
+
+    def instant_embedding(self, images: list[Any]) -> bytes:
+        """The stored instant-face embedding of a user's training crops (``ValueError``: no face found)."""
+        from training.instant_face import encode_embedding, insightface_embedder, mean_embedding
+
+        if self.embed_face is None:
+            self.embed_face = insightface_embedder(self.settings.instant_face_embedder,
+                                                   gpu=self.device.startswith("cuda"))
+        return encode_embedding(mean_embedding(images, self.embed_face))
 
     def _levers(self, it: GenItem, images: list[Any], checker: Any) -> Any:
         """Best-of-N and the face-detail pass on one item's images (after ``generate`` has returned: the pass

@@ -23,6 +23,7 @@ from kitbooth.render import Outgoing, generate_result, progress_text
 from storage import ArtifactNotFound, keys
 from training.compose import ConceptUse
 from training.generate import GenerationRequest, vary
+from training.instant_face import decode_embedding
 from training.likeness_levers import candidate_requests
 from training.rerank import decode_reference
 
@@ -73,6 +74,19 @@ async def _reference(w: WorkerContext, p: contract.GeneratePayload) -> Any:
         return None
 
 
+async def _instant(w: WorkerContext, p: contract.GeneratePayload) -> Any:
+    """The instant face's embedding (written when the face's training started), or None without ``instant_key``."""
+    if p.instant_key is None:
+        return None
+    if not w.settings.instant_face_adapter:
+        raise NotFound("The instant face is not available here — I'll post when your trained face is ready.")
+    try:
+        return decode_embedding(await asyncio.to_thread(w.store.get_bytes, p.instant_key))
+    except (ArtifactNotFound, ValueError):
+        raise NotFound("Your instant face is not ready yet — try again in a minute, or wait for your trained "
+                       "face (I'll post when it's ready).") from None
+
+
 def _lever_fields(p: contract.GeneratePayload, request: GenerationRequest, uses: list[ConceptUse],
                   reference: Any) -> dict[str, Any]:
     """GenItem fields for best-of-N (only with a reference to rank by; never for "vary") and the detail pass."""
@@ -94,6 +108,7 @@ async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.Genera
         uses = await _concepts(w, p)
         request = await _request(w, p, uses)
         levers = _lever_fields(p, request, uses, await _reference(w, p))
+        levers["instant"] = await _instant(w, p)
         what = "Varying" if p.variation_of else "Drawing"
 
         def render(state: dict) -> Outgoing:
@@ -124,7 +139,7 @@ async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.Genera
     likeness = list(item.likeness) or None
     msg = generate_result(job_id=p.job_id, user_id=p.user_id, prompt=p.prompt, seeds=seeds,
                           pngs=[g.png for g in images], nsfw=nsfw, seconds=time.time() - run.started,
-                          likeness=likeness)
+                          likeness=likeness, preview=p.instant_key is not None)
     res = await run.post(w, msg)
     await run.emit(w, "job.done", posted=res.posted, output_keys=out_keys, seeds=seeds,
                    message_id=res.message_id, nsfw=nsfw, likeness=likeness)

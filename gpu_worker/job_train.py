@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import time
 from typing import Any
 
@@ -44,6 +45,8 @@ from gpu_worker.validation import key_under, validate_train
 from kitbooth.errors import InvalidInput, JobCancelled
 from kitbooth.render import Outgoing, concept_ready_result, progress_text
 from storage import ArtifactNotFound, keys
+
+log = logging.getLogger(__name__)
 
 
 async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.TrainPayload,
@@ -80,6 +83,8 @@ async def _train(w: WorkerContext, run: JobRun, p: contract.TrainPayload, watch:
     images, masks = await asyncio.to_thread(load_photos, w.store, p.photo_keys)
     if not images:
         raise InvalidInput("The training photos are gone. Upload them again with the command.")
+    if p.slice_index == 0 and p.kind == "face" and w.settings.instant_face_adapter:
+        await _instant_face(w, p, images)
     what = "🧠 Learning your face" if p.kind == "face" else f"🧠 Learning {p.name}"
 
     def render(state_: dict) -> Outgoing:
@@ -105,6 +110,16 @@ async def _train(w: WorkerContext, run: JobRun, p: contract.TrainPayload, watch:
         await pump.flush()
     run.steps = result.steps_run
     return result
+
+
+async def _instant_face(w: WorkerContext, p: contract.TrainPayload, images: list[Any]) -> None:
+    """The instant face's embedding, once per face at the start of training, under the user's prefix (so
+    /forget deletes it). Best effort: without it /generate waits for the trained face."""
+    try:
+        data = await w.lane.call(lambda: w.engine.instant_embedding(images), priority=PRIO_TRAIN)
+        await asyncio.to_thread(w.store.put_bytes, keys.instant_key(p.user_id, p.concept_id), data)
+    except Exception as exc:  # noqa: BLE001 - never fails the training
+        log.warning("job %s: no instant face (%s: %s)", p.job_id, type(exc).__name__, exc)
 
 
 async def _hand_over(w: WorkerContext, run: JobRun, p: contract.TrainPayload, meta: SliceMeta,
@@ -177,6 +192,9 @@ async def _on_end(w: WorkerContext, p: contract.TrainPayload, outcome: Outcome) 
     # Cancelled: the checkpoints go (the bot's cancel or /forget decides about the photos). Ended for good:
     # nothing half-written stays, and the photos go (biometric data).
     await asyncio.to_thread(cleanup_training, w.store, p, photos=outcome is not Outcome.CANCELLED)
+    if p.kind == "face":  # the instant face of a face that will never be ready (a new /train computes a new one)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(w.store.delete, keys.instant_key(p.user_id, p.concept_id))
 
 
 def _retry_hint(p: contract.TrainPayload) -> str:

@@ -70,6 +70,8 @@ def validate_generate(p: contract.GeneratePayload) -> None:
         raise NotAllowed("Results can only be stored under your own folder.")
     if p.reference_key is not None and not key_under(p.reference_key, mine):
         raise NotAllowed("You can only be compared with your own face.")
+    if p.instant_key is not None and (p.face is not None or not key_under(p.instant_key, mine)):
+        raise NotAllowed("The instant face can only be your own, and only until your trained face is ready.")
     if p.candidates is not None and not p.count <= p.candidates <= limits.CANDIDATES_MAX:
         raise InvalidInput(f"Best-of-N generates {p.count} to {limits.CANDIDATES_MAX} candidates.")
     if p.face_detail not in FACE_DETAIL_MODES:

@@ -38,6 +38,8 @@ COMMANDS: dict[str, Command] = {
     "convert": Command("training.cli_tools", "worker", "export a concept file as diffusers, A1111 or kohya files"),
     "import": Command("training.cli_import", "worker",
                       "turn a community LoRA or embedding into a KitBooth kit or style concept file"),
+    "hypernetwork": Command("training.hypernetwork_cli", "worker",
+                            "inspect, convert or train AUTOMATIC1111-compatible hypernetworks (.pt / .safetensors)"),
     "eval": Command("training.cli_tools", "worker",
                     "measure a concept: identity vs held-out photos, CLIP-T, size, time"),
     "worker": Command("gpu_worker.cli", "worker", "run the GPU worker (training and generation jobs from Redis)"),

@@ -105,18 +105,26 @@ def image_name(job_id: int, index: int, ext: str = "png") -> str:
 
 
 # --- final messages ---------------------------------------------------------------------------------
+INSTANT_PREVIEW = "⚡ preview — your trained face is on its way"
+
+
 def generate_result(
     *, job_id: int, user_id: int, prompt: str, seeds: list[int], pngs: list[bytes],
     nsfw: list[bool] | None = None, seconds: float | None = None, likeness: list[float | None] | None = None,
+    preview: bool = False,
 ) -> Outgoing:
     """The result of ``/generate`` (and reroll/vary): each image attached as stored, with its buttons.
     ``likeness`` (best-of-N's score per image, None where no face was found) is shown as a small figure."""
     flagged = sum(bool(x) for x in (nsfw or []))
-    seed_text = (f"seed {seeds[0]}" + (f"-{seeds[-1]}" if len(seeds) > 1 else "")) if seeds else ""
+    run = bool(seeds) and seeds == list(range(seeds[0], seeds[0] + len(seeds)))  # best-of-N keeps any candidates
+    seed_text = ((f"seed {seeds[0]}" + (f"-{seeds[-1]}" if len(seeds) > 1 else "")) if run
+                 else ("seeds " + ", ".join(map(str, seeds))) if seeds else "")
     scores = [x for x in (likeness or []) if x is not None]
     like_text = ("likeness " + " ".join("–" if x is None else f"{x:.2f}" for x in likeness or [])) if scores else ""
     meta = " · ".join(x for x in (seed_text, like_text, f"{seconds:.1f}s" if seconds is not None else "") if x)
     lines = [f"**{escape_markdown(clip(prompt, 300))}**"] + ([meta] if meta else [])
+    if preview:  # the instant face (IP-Adapter FaceID) while the trained face is still learning
+        lines.append(INSTANT_PREVIEW)
     if flagged:
         lines.append(f"{flagged} image(s) hidden by the safety filter.")
     return Outgoing(

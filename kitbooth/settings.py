@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     upscaler_model: str | None = Field(
         None, description="Optional x2 latent upscaler, e.g. stabilityai/sd-x2-latent-upscaler."
     )
+    instant_face_adapter: str | None = Field(
+        None, description="IP-Adapter FaceID (SD 1.5) as <hub repo or folder>/<file>, e.g. "
+        "h94/IP-Adapter-FaceID/ip-adapter-faceid_sd15.bin; unset: no instant face (non-commercial licence)."
+    )
+    instant_face_embedder: str = Field(
+        "buffalo_l", description="insightface model pack that embeds the face for the instant face (non-commercial)."
+    )
     metrics_port: int | None = Field(None, description="Serve Prometheus metrics on this port when set.")
     offline: bool = Field(False, description="Never touch the network for models (HF_HUB_OFFLINE).")
     slice_steps: int | None = Field(

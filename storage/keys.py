@@ -53,6 +53,11 @@ def reference_key(user_id: int, concept_id: int) -> str:
     return f"{user_prefix(user_id)}references/{_id(concept_id)}.bin"
 
 
+def instant_key(user_id: int, concept_id: int) -> str:
+    """The face embedding (512 float32) of the instant face, written by the worker when the face's training starts."""
+    return f"{user_prefix(user_id)}instant/{_id(concept_id)}.f32"
+
+
 def checkpoint_prefix(user_id: int, concept_id: int) -> str:
     return f"{user_prefix(user_id)}checkpoints/{_id(concept_id)}/"
 

@@ -1,7 +1,8 @@
 """Fixtures for the GPU worker's tests: real Redis (DB 15), the tiny model on CPU, SimCord for Discord.
 
 - ``worker_settings``: Settings on the tiny model, a unique queue and stream per test, 64² everything.
-- ``engine``: the tiny pipeline + composer, loaded once per session and shared by the in-process workers.
+- ``engine``: the tiny pipeline + composer, loaded once per session and shared by the in-process workers;
+  ``base_engine`` (autouse) returns it to its base state (no resident adapter, free TI slots) around each test.
 - ``simcord_bot``: a minimal discord.py bot with ``/draw`` (defers; the test builds a ``DiscordTarget`` from it),
   whose ``bot.http`` is the poster's HTTP client — the documented seam.
 - ``start_worker(...)``: runs the real arq worker in-process (``async_run``) until the test ends.
@@ -74,6 +75,34 @@ def engine(tiny_model_dir):
     eng = Engine(s)
     eng.load()
     return eng
+
+
+def reset_engine(eng) -> None:
+    """The shared engine back to its freshly loaded state, through the composer's own API: no resident LoRA
+    adapter (an earlier test's concepts would show up in ``resident_adapters()`` and in ``forget_deleted``, and
+    fill the LRU), every TI slot row zero (a composition zeroes what it wrote; this frees them all)."""
+    composer = eng.composer
+    composer.evict_all()
+    emb = eng.pipe.text_encoder.get_input_embeddings()
+    emb.weight.data[composer.slot_ids] = 0.0
+    eng.calls.clear()
+
+
+@pytest.fixture(autouse=True)
+def base_engine(request):
+    """Every test that uses the session-wide ``engine`` starts and ends with it in its base state.
+
+    Autouse, so it is set up before (and torn down after) ``start_worker``: the workers, and their GPU lane
+    threads, have stopped before the reset. Each worker has its own concept cache (``build_worker``), so
+    nothing else outlives a test. Tests that do not use the engine do not load it.
+    """
+    if "engine" not in request.fixturenames:
+        yield None
+        return
+    eng = request.getfixturevalue("engine")
+    reset_engine(eng)
+    yield eng
+    reset_engine(eng)
 
 
 @pytest.fixture

@@ -16,6 +16,10 @@ async def test_deleted_concepts_leave_worker_memory(arq_pool, store, start_worke
     from tests.training.concepts import make_artifact
     from training.artifact import save_artifact
 
+    # The session-wide engine starts each test bare (conftest's base_engine), so everything resident below is
+    # this test's: ``gone`` can be compared exactly (earlier tests' adapters would be "gone" here too, as their
+    # files lived in their own tmp stores).
+    assert engine.composer.resident_adapters() == []
     w = await start_worker()
     uid = 51
     face_data = save_artifact(make_artifact(engine.pipe, method="pivotal", seed=9))
