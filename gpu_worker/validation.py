@@ -45,14 +45,7 @@ def validate_generate(p: contract.GeneratePayload) -> None:
             raise InvalidInput(f"A prompt part is too long (the most is {limits.PROMPT_CHARS} characters).")
     if not limits.COUNT_MIN <= p.count <= limits.COUNT_MAX:
         raise InvalidInput(f"You can ask for {limits.COUNT_MIN} to {limits.COUNT_MAX} images.")
-    for side in (p.width, p.height):
-        if not limits.SIDE_MIN <= side <= limits.SIDE_MAX or side % limits.SIDE_MULTIPLE:
-            raise InvalidInput(f"Image sides must be multiples of {limits.SIDE_MULTIPLE} between "
-                               f"{limits.SIDE_MIN} and {limits.SIDE_MAX}.")
-    if not limits.STEPS_MIN <= p.steps <= limits.STEPS_MAX:
-        raise InvalidInput(f"Steps must be between {limits.STEPS_MIN} and {limits.STEPS_MAX}.")
-    if not 0.0 <= p.guidance <= limits.GUIDANCE_MAX:
-        raise InvalidInput(f"Guidance must be between 0 and {limits.GUIDANCE_MAX:g}.")
+    limits.check_picture(width=p.width, height=p.height, steps=p.steps, guidance=p.guidance)
     if any(_has_reserved(part) for part in (p.prompt, p.kit_words, p.style_words, p.negative_prompt)):
         # Slot tokens (<kb-slot-N>) would reach another request's concept vectors in a shared batch.
         raise InvalidInput("Your prompt contains reserved tokens (`<...>`, `<|...|>`): remove them.")

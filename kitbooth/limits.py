@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from kitbooth.errors import InvalidInput
+
 PROMPT_CHARS: Final = 1000          # prompt (and each prompt part: kit/style words, negative prompt)
 COUNT_MIN: Final = 1                # images per /generate
 COUNT_MAX: Final = 4
@@ -28,3 +30,15 @@ LORA_RANK_MAX: Final = 256          # LoRA/LoCon rank of a concept file
 CONCEPT_FILE_BYTES: Final = 10 * 1024 * 1024  # a concept file the bot imports or the worker loads
 NAME_CHARS: Final = 40              # kit/style names
 DESCRIPTION_CHARS: Final = 300      # kit/style prompt words
+
+
+def check_picture(*, width: int, height: int, steps: int, guidance: float) -> None:
+    """The one check of a picture's size, steps and guidance: the worker's payload check and the library's
+    ``GenerationRequest`` (CLI) both call it, so they refuse the same values with the same sentence."""
+    for side in (width, height):
+        if not SIDE_MIN <= side <= SIDE_MAX or side % SIDE_MULTIPLE:
+            raise InvalidInput(f"Image sides must be multiples of {SIDE_MULTIPLE} between {SIDE_MIN} and {SIDE_MAX}.")
+    if not STEPS_MIN <= steps <= STEPS_MAX:
+        raise InvalidInput(f"Steps must be between {STEPS_MIN} and {STEPS_MAX}.")
+    if not 0.0 <= guidance <= GUIDANCE_MAX:
+        raise InvalidInput(f"Guidance must be between 0 and {GUIDANCE_MAX:g}.")

@@ -46,14 +46,7 @@ class GenerationRequest:
             raise InvalidInput(f"Ask for {limits.COUNT_MIN} to {limits.COUNT_MAX} images.")
         if not (0 <= self.seed <= MAX_SEED):
             raise InvalidInput("The seed must be a non-negative 63-bit number.")
-        for v in (self.width, self.height):
-            if v % limits.SIDE_MULTIPLE or not limits.SIDE_MIN <= v <= limits.SIDE_MAX:
-                raise InvalidInput(f"Width and height must be multiples of {limits.SIDE_MULTIPLE} between "
-                                   f"{limits.SIDE_MIN} and {limits.SIDE_MAX}.")
-        if not limits.STEPS_MIN <= self.steps <= limits.STEPS_MAX:
-            raise InvalidInput(f"Steps must be between {limits.STEPS_MIN} and {limits.STEPS_MAX}.")
-        if not 0.0 <= self.guidance <= limits.GUIDANCE_MAX:
-            raise InvalidInput(f"Guidance must be between 0 and {limits.GUIDANCE_MAX:g}.")
+        limits.check_picture(width=self.width, height=self.height, steps=self.steps, guidance=self.guidance)
         if self.init_image is not None and not 0.0 < self.strength <= 1.0:
             raise InvalidInput("Variation strength must be in (0, 1].")
 
