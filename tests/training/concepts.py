@@ -41,11 +41,11 @@ def fp16(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float16).float()
 
 
-def load_pipe(model_dir):
-    """A fresh tiny pipeline (no progress bars)."""
+def load_pipe(model_dir, **kwargs):
+    """A fresh tiny pipeline (no progress bars); ``kwargs`` go to ``from_pretrained``."""
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True)
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir, local_files_only=True, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

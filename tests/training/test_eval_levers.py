@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from tests.training.concepts import load_pipe
 from tests.training.photos import astronaut
 from tests.training.test_compose import face_ti
 from training.compose import Composer
@@ -25,9 +25,7 @@ REFERENCE = np.zeros(128)
 
 @pytest.fixture(scope="module")
 def pipe(tiny_model_dir):
-    p = StableDiffusionPipeline.from_pretrained(tiny_model_dir, local_files_only=True)
-    p.set_progress_bar_config(disable=True)
-    return p
+    return load_pipe(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from kitbooth.errors import InvalidInput, JobCancelled
+from tests.training.concepts import load_pipe
 from tests.training.photos import astronaut
 from tests.training.test_compose import face_ti
 from training.compose import Composer, ConceptUse
@@ -24,9 +24,7 @@ FAST = dict(resolution=64, steps=4, strength=0.5)
 
 @pytest.fixture(scope="module")
 def pipe(tiny_model_dir):
-    p = StableDiffusionPipeline.from_pretrained(tiny_model_dir, local_files_only=True)
-    p.set_progress_bar_config(disable=True)
-    return p
+    return load_pipe(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

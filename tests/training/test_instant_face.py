@@ -10,9 +10,9 @@ import io
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 from PIL import Image
 
+from tests.training.concepts import load_pipe
 from tests.training.photos import astronaut
 from training import instant_face
 from training.compose import Composer
@@ -35,10 +35,7 @@ def tiny_adapter(unet, folder, seed: int = 0) -> str:
 
 @pytest.fixture(scope="module")
 def pipe(tiny_model_dir):
-    p = StableDiffusionPipeline.from_pretrained(tiny_model_dir, local_files_only=True, safety_checker=None,
-                                                requires_safety_checker=False)
-    p.set_progress_bar_config(disable=True)
-    return p
+    return load_pipe(tiny_model_dir, safety_checker=None, requires_safety_checker=False)
 
 
 @pytest.fixture(scope="module")
