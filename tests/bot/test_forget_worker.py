@@ -7,9 +7,7 @@ naming her id, prompts or interaction tokens, and the database files' bytes hold
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from arq.constants import in_progress_key_prefix
 
 from gpu_worker import contract
 from tests.bot.conftest import fake_checker, make_ready_face, selfies
+from tests.bot.in_process import running_worker, simcord_poster, until, worker_settings
 
 pytestmark = pytest.mark.slow
 
@@ -27,16 +26,7 @@ BOB_PROMPT = "bob walrus keeper at villa park"
 
 @pytest.fixture
 def bot_settings(tmp_path, redis_url, tiny_model_dir):
-    from kitbooth.settings import Settings
-
-    tag = uuid.uuid4().hex[:8]
-    return Settings(
-        _env_file=None, data_dir=tmp_path, redis_url=redis_url, queue_name=f"kb:fw:{tag}:queue",
-        events_stream=f"kb:fw:{tag}:events", base_model=str(tiny_model_dir), device="cpu", dtype="float32",
-        max_batch=4, slice_seconds=30.0, poll_delay=0.01, safety_checker=False, discord_token=None, offline=True,
-        job_timeout_s=120.0, batch_gather_s=0.05, ti_slots=8, sample_steps=2, train_samples=0, base_hidden_size=32,
-        rate_limit_s=0, train_steps=2000, train_resolution=64, generate_steps=2, generate_side=64,
-    )
+    return worker_settings(tmp_path, redis_url, tiny_model_dir, tag="fw", train_steps=2000, train_resolution=64)
 
 
 @pytest.fixture
@@ -44,40 +34,15 @@ def bot_seams():
     return {"photo_checker": fake_checker()}
 
 
-async def _no_sleep(_s: float) -> None:
-    return None
-
-
 @pytest.fixture
 async def worker(arena, bot_settings, store):
-    from gpu_worker.engine import Engine
-    from gpu_worker.poster import Poster
-    from gpu_worker.worker import build_worker
-
-    engine = Engine(bot_settings)
-    engine.load()
     # The worker posts with its own REST client; here SimCord's (the seam), so faults hit it too.
-    w = build_worker(bot_settings, store=store, engine=engine, handle_signals=False,
-                     poster=Poster(arena.env.bot.http, sleep=_no_sleep))
-    task = asyncio.create_task(w.async_run())
-    yield w
-    await asyncio.sleep(0.05)
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await w.close()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    async with running_worker(bot_settings, store, poster=simcord_poster(arena)) as w:
+        yield w
 
 
 async def _until(arena, pred, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        await arena.bot.consumer.drain()
-        value = await pred()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError("timed out")
+    return await until(arena, pred, timeout, interval=0.05)
 
 
 async def _generate(arena, member, prompt):

@@ -9,20 +9,19 @@ SimCord's preview runtime (``pip install 'simcord[preview]'``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import io
 import os
 import shutil
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from tests.bot.conftest import make_ready_face
+from tests.bot.in_process import running_worker, simcord_poster, until, worker_settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PREVIEW = all(importlib.util.find_spec(m) for m in ("aiohttp", "markdown_it", "linkify_it", "regex"))
@@ -33,40 +32,14 @@ MAX_BYTES = 400_000
 
 @pytest.fixture
 def bot_settings(tmp_path, redis_url, tiny_model_dir):
-    from kitbooth.settings import Settings
-
-    tag = uuid.uuid4().hex[:8]
-    return Settings(
-        _env_file=None, data_dir=tmp_path, redis_url=redis_url, queue_name=f"kb:shot:{tag}:queue",
-        events_stream=f"kb:shot:{tag}:events", base_model=str(tiny_model_dir), device="cpu", dtype="float32",
-        max_batch=4, slice_seconds=30.0, poll_delay=0.01, safety_checker=False, discord_token=None, offline=True,
-        job_timeout_s=120.0, batch_gather_s=0.05, ti_slots=8, sample_steps=2, train_samples=0, base_hidden_size=32,
-        rate_limit_s=0, generate_steps=2, generate_side=128,
-    )
-
-
-async def _no_sleep(_s: float) -> None:
-    return None
+    return worker_settings(tmp_path, redis_url, tiny_model_dir, tag="shot", generate_side=128)
 
 
 @pytest.fixture
 async def worker(arena, bot_settings, store):
-    from gpu_worker.engine import Engine
-    from gpu_worker.poster import Poster
-    from gpu_worker.worker import build_worker
-
-    engine = Engine(bot_settings)
-    engine.load()
-    w = build_worker(bot_settings, store=store, engine=engine, handle_signals=False,
-                     poster=Poster(arena.env.bot.http, sleep=_no_sleep))  # the worker posts through SimCord
-    task = asyncio.create_task(w.async_run())
-    yield w
-    await asyncio.sleep(0.05)
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await w.close()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    # the worker posts through SimCord
+    async with running_worker(bot_settings, store, poster=simcord_poster(arena)) as w:
+        yield w
 
 
 def _out_dir(tmp_path: Path) -> Path:
@@ -97,14 +70,7 @@ async def _screenshot(env, channel, viewer, target, path: Path, size=(1100, 1400
 
 
 async def _until(arena, pred, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        await arena.bot.consumer.drain()
-        value = await pred()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError("timed out")
+    return await until(arena, pred, timeout, interval=0.05)
 
 
 async def test_screenshot_of_a_result_and_of_forget(arena, worker, tmp_path):
