@@ -13,6 +13,7 @@ import time
 import pytest
 from arq import create_pool
 from arq.connections import RedisSettings
+from arq.jobs import Job
 
 from gpu_worker import contract
 from storage import keys
@@ -32,8 +33,12 @@ def _bucket_keys(s3_server, bucket: str) -> set[str]:
 async def _generate(pool, stream: str, job_id: int, face) -> list[contract.Event]:
     g = _payload(job_id, UID, contract.DiscordTarget(channel_id=1, user_id=UID), face, count=1, steps=2)
     assert await pool.enqueue_job(contract.GENERATE_JOB, g.to_dict(), _job_id=contract.arq_job_id(g.job_id))
-    return await wait_events(pool, stream, lambda e: any(x.type == "job.done" and x.job_id == job_id for x in e),
-                             timeout=120)
+    evs = await wait_events(pool, stream, lambda e: any(x.type == "job.done" and x.job_id == job_id for x in e),
+                            timeout=120)
+    # The event goes out just before the job function returns; wait for arq's result too, so stopping the worker
+    # next cannot cancel the job in that last moment (arq would then run it again, and its log line never comes).
+    await Job(contract.arq_job_id(g.job_id), pool).result(timeout=60)
+    return evs
 
 
 @pytest.mark.slow
