@@ -13,7 +13,7 @@ import time
 import pytest
 from arq import create_pool
 from arq.connections import RedisSettings
-from arq.jobs import Job
+from arq.jobs import Job, JobStatus
 
 from gpu_worker import contract
 from storage import keys
@@ -35,9 +35,12 @@ async def _generate(pool, stream: str, job_id: int, face) -> list[contract.Event
     assert await pool.enqueue_job(contract.GENERATE_JOB, g.to_dict(), _job_id=contract.arq_job_id(g.job_id))
     evs = await wait_events(pool, stream, lambda e: any(x.type == "job.done" and x.job_id == job_id for x in e),
                             timeout=120)
-    # The event goes out just before the job function returns; wait for arq's result too, so stopping the worker
+    # The event goes out just before the job function returns; wait until arq has finished the job too, so stopping the worker
     # next cannot cancel the job in that last moment (arq would then run it again, and its log line never comes).
-    await Job(contract.arq_job_id(g.job_id), pool).result(timeout=60)
+    job, deadline = Job(contract.arq_job_id(g.job_id), pool), time.monotonic() + 60
+    while await job.status() in (JobStatus.deferred, JobStatus.queued, JobStatus.in_progress):
+        assert time.monotonic() < deadline, f"job {job_id} never finished"
+        await asyncio.sleep(0.05)
     return evs
 
 
