@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from bot import buttons, errors, events, health, reconcile
 from bot.metrics import BotMetrics
 from bot.services import PhotoChecker, Services
+from bot.translator import KitBoothTranslator
 from kitbooth.health import HealthServer
 from kitbooth.settings import Settings
 from storage import open_store
@@ -38,6 +39,8 @@ COGS: list[str] = [
     "bot.cogs.privacy",
     "bot.cogs.queue",
     "bot.cogs.admin",
+    "bot.cogs.help",
+    "bot.cogs.squad",
 ]
 
 
@@ -103,6 +106,8 @@ class KitBoothBot(commands.Bot):
         if getattr(self, "services", None) is None:
             self.services = await self._open_services()
         errors.install(self)
+        if self.tree.translator is None:  # localised command names and descriptions (issue 16)
+            await self.tree.set_translator(KitBoothTranslator())
         for name in self.cog_modules:
             if name in self.extensions:
                 continue

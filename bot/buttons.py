@@ -19,8 +19,10 @@ import discord
 
 from bot import errors, jobs, quotas
 from bot.generate_request import describe, enqueue_generate, request_from_payload, require_own_face
+from bot.translator import locale_of, tr
 from gpu_worker import contract
 from kitbooth.errors import NotAllowed, NotFound
+from kitbooth.i18n import keyed
 from storage import keys
 
 if TYPE_CHECKING:
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-NOT_YOURS = "These buttons belong to <@{owner}> — use /generate to make pictures of yourself."
+NOT_YOURS = "These buttons belong to <@{owner}> — use /generate to make pictures of yourself."  # English text
 _STYLES = {"upscale": discord.ButtonStyle.secondary, "reroll": discord.ButtonStyle.primary,
            "vary": discord.ButtonStyle.secondary, "delete": discord.ButtonStyle.danger}
 _LABELS = {"reroll": "🔁 Reroll", "vary": "🎲 Vary", "delete": "🗑 Delete"}
@@ -55,7 +57,7 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button], template=re.compil
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
         if interaction.user.id != self.bid.owner_id:
-            await errors.reply(interaction, NOT_YOURS.format(owner=self.bid.owner_id))
+            await errors.reply(interaction, tr(interaction, "refusal.buttons_not_yours", owner=str(self.bid.owner_id)))
             return False
         return True
 
@@ -71,9 +73,9 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button], template=re.compil
 async def _own_job(services: Services, interaction: discord.Interaction, bid: contract.ButtonId) -> Job:
     job = await services.db.get_job(bid.job_id)
     if job is None:
-        raise NotFound("Those images are gone (deleted or forgotten).")
+        raise keyed(NotFound, "refusal.images_gone")
     if job.user_id != interaction.user.id:
-        raise NotAllowed(NOT_YOURS.format(owner=job.user_id))
+        raise keyed(NotAllowed, "refusal.buttons_not_yours", owner=str(job.user_id))
     return job
 
 
@@ -89,7 +91,7 @@ async def output_keys(services: Services, job: Job) -> list[str]:
 async def _source_key(services: Services, job: Job, index: int) -> str:
     found = await output_keys(services, job)
     if index >= len(found):
-        raise NotFound("That image isn't available any more.")
+        raise keyed(NotFound, "refusal.image_unavailable")
     return found[index]
 
 
@@ -113,7 +115,8 @@ async def do_upscale(services: Services, interaction: discord.Interaction, bid: 
     )
     queue = await jobs.queue_position(services, new)
     sent = await interaction.followup.send(
-        f"🔍 Upscaling image {bid.index + 1} — {jobs.format_queue(queue)} · job {new.id}", wait=True)
+        tr(interaction, "queued.upscale", index=bid.index + 1, queue=jobs.format_queue(queue, locale_of(interaction)),
+           job_id=str(new.id)), wait=True)
     await jobs.record_echo(services, new, sent)  # /forget deletes it
 
 
@@ -121,7 +124,7 @@ async def _regenerate(services: Services, interaction: discord.Interaction, bid:
                       vary: bool) -> None:
     job = await _own_job(services, interaction, bid)
     if job.kind not in ("generate", "vary", "reroll") or not job.payload:
-        raise NotFound("That result can't be regenerated.")
+        raise keyed(NotFound, "refusal.cannot_regenerate")
     old = contract.GeneratePayload.from_dict(job.payload)
     source = await _source_key(services, job, bid.index) if vary else None
     face = await require_own_face(services, interaction.user.id)  # always the clicker's own, current face
@@ -130,9 +133,11 @@ async def _regenerate(services: Services, interaction: discord.Interaction, bid:
     req = request_from_payload(old)
     new, queue = await enqueue_generate(services, interaction, req, face, kind="vary" if vary else "reroll",
                                         variation_of=source)
-    what = f"Variations of image {bid.index + 1}" if vary else "Reroll"
-    sent = await interaction.followup.send(f"{what} — {describe(req)}\n⏳ {jobs.format_queue(queue)} · job {new.id}",
-                                           wait=True)
+    locale = locale_of(interaction)
+    what = tr(interaction, "queued.variations", index=bid.index + 1) if vary else tr(interaction, "queued.reroll")
+    sent = await interaction.followup.send(
+        tr(interaction, "queued.regenerate", what=what, request=describe(req, locale),
+           queue=jobs.format_queue(queue, locale), job_id=str(new.id)), wait=True)
     await jobs.record_echo(services, new, sent)  # /forget deletes it
 
 
@@ -156,7 +161,7 @@ async def do_delete(services: Services, interaction: discord.Interaction, bid: c
         with contextlib.suppress(discord.NotFound):
             await interaction.message.delete()
     log.info("job %s: user deleted the result (%d files)", job.id, len(found))
-    await interaction.followup.send("🗑 Deleted those images.", ephemeral=True)
+    await interaction.followup.send(tr(interaction, "result.deleted"), ephemeral=True)
 
 
 ACTIONS: dict[str, Any] = {"upscale": do_upscale, "reroll": do_reroll, "vary": do_vary, "delete": do_delete}

@@ -26,6 +26,7 @@ from bot import cancel, text_checks
 from gpu_worker import contract
 from kitbooth import limits
 from kitbooth.errors import Busy, InvalidInput, NotAllowed, NotFound
+from kitbooth.i18n import keyed
 from storage import keys
 from storage.database import Concept, Database, Kit, utcnow
 from training.prompts import find_reserved
@@ -104,12 +105,11 @@ async def ensure_seeded(db: Database, guild_id: int) -> None:
 def validate_name(name: str, kind: Kind = "kit") -> str:
     name = " ".join((name or "").split())
     if not name:
-        raise InvalidInput(f"Give the {kind} a name.")
+        raise keyed(InvalidInput, f"catalogue.{kind}.no_name")
     if len(name) > MAX_NAME:
-        raise InvalidInput(f"A {kind} name can be at most {MAX_NAME} characters.")
+        raise keyed(InvalidInput, f"catalogue.{kind}.name_too_long", limit=MAX_NAME)
     if not _NAME.match(name) or find_reserved(name):
-        raise InvalidInput(
-            f"A {kind} name may use letters, digits, spaces and `.'&()+/-` (e.g. `Liverpool home`).")
+        raise keyed(InvalidInput, f"catalogue.{kind}.name_chars")
     return name
 
 
@@ -117,19 +117,18 @@ def validate_description(text: str, kind: Kind = "kit") -> str:
     text = text_checks.clean_text(text)
     folded = unicodedata.normalize("NFKC", text)  # checked as the tokenizer will see it, like prompts
     if len(text) < 3 or not text_checks.has_visible(folded):
-        raise InvalidInput(f"Describe the {kind} in a few words, e.g. "
-                           f"{'`white shirt with a red collar, navy shorts`' if kind == 'kit' else '`oil painting, visible brush strokes`'}.")
+        raise keyed(InvalidInput, f"catalogue.{kind}.describe")  # the example stays English (prompt words)
     if len(text) > MAX_DESCRIPTION:
-        raise InvalidInput(f"Keep the description to {MAX_DESCRIPTION} characters.")
+        raise keyed(InvalidInput, "catalogue.description_too_long", limit=MAX_DESCRIPTION)
     if find_reserved(text) or find_reserved(folded) or "@" in folded:
-        raise InvalidInput("Descriptions are plain words: no `<...>` tokens, `<|...|>` markers or mentions.")
+        raise keyed(InvalidInput, "catalogue.description_plain")
     return text
 
 
 def require_manager(interaction: discord.Interaction) -> None:
     """Runtime twin of ``default_permissions(manage_guild=True)`` (an admin may re-grant the command)."""
     if interaction.guild is None:
-        raise NotAllowed("This command works in a server, not in DMs.")
+        raise keyed(NotAllowed, "error.no_dm")
     perms = getattr(interaction, "permissions", None)
     member = interaction.user
     ok = bool(perms and (perms.manage_guild or perms.administrator))
@@ -137,7 +136,7 @@ def require_manager(interaction: discord.Interaction) -> None:
         gp = member.guild_permissions
         ok = gp.manage_guild or gp.administrator
     if not ok:
-        raise NotAllowed("Only members with the **Manage Server** permission can change the catalogue.")
+        raise keyed(NotAllowed, "catalogue.manager_only")
 
 
 # --- lookup -----------------------------------------------------------------------------------------
@@ -151,9 +150,8 @@ async def get_entry(db: Database, guild_id: int, name: str, kind: Kind = "kit") 
     close: list[str] = []
     for w in words[:3]:
         close += [k.name for k in await db.list_kits(guild_id, kind, search=w, limit=5)]
-    hint = f" Did you mean {', '.join(f'`{c}`' for c in list(dict.fromkeys(close))[:5] if c)}?" if close else ""
-    raise NotFound(f"There is no {kind} called “{_clip(name)}” in this server.{hint} "
-                   f"`/{kind}s` lists them all.")
+    names = ", ".join(f"`{c}`" for c in list(dict.fromkeys(close))[:5] if c)
+    raise keyed(NotFound, f"catalogue.{kind}.not_found" + (".hint" if names else ""), name=_clip(name), names=names)
 
 
 @dataclass(frozen=True)
@@ -175,9 +173,9 @@ async def resolve(db: Database, guild_id: int, name: str, kind: Kind = "kit") ->
             sha = await db.concept_sha256(concept.id)
             ref = contract.ConceptRef(key=concept.artifact_key, kind=kind, sha256=sha or "")
         elif concept is not None and concept.status in ("pending", "training"):
-            raise Busy(f"The {kind} `{kit.name}` is still being learned. Try again in a few minutes.")
+            raise keyed(Busy, f"catalogue.{kind}.still_learning", name=kit.name)
         elif concept is not None and concept.status == "failed":
-            raise NotFound(f"Learning the {kind} `{kit.name}` failed; an admin can `/{kind} train` it again.")
+            raise keyed(NotFound, f"catalogue.{kind}.learning_failed", name=kit.name)
     return Resolved(kit=kit, words=kit.description, concept=ref)
 
 
@@ -192,15 +190,14 @@ async def add_words(db: Database, guild_id: int, name: str, description: str, ki
 async def _insert(db: Database, guild_id: int, name: str, description: str, kind: Kind,
                   created_by: int | None, concept_id: int | None = None) -> Kit:
     if await db.get_kit(guild_id, name, kind) is not None:
-        raise InvalidInput(f"This server already has a {kind} called `{name}`. "
-                           f"Remove it first with `/{kind} remove`, or pick another name.")
+        raise keyed(InvalidInput, f"catalogue.{kind}.exists_remove_first", name=name)
     if len(await db.list_kits(guild_id, kind, limit=MAX_ENTRIES)) >= MAX_ENTRIES:
-        raise InvalidInput(f"This server has {MAX_ENTRIES} {kind}s already; remove some first.")
+        raise keyed(InvalidInput, f"catalogue.{kind}.full", limit=MAX_ENTRIES)
     try:
         return await db.add_kit(guild_id=guild_id, name=name, description=description, kind=kind,
                                 concept_id=concept_id, created_by=created_by)
     except sqlite3.IntegrityError:
-        raise InvalidInput(f"This server already has a {kind} called `{name}`.") from None
+        raise keyed(InvalidInput, f"catalogue.{kind}.exists", name=name) from None
 
 
 async def remove_entry(services: Services, guild_id: int, name: str, kind: Kind) -> Kit:

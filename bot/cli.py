@@ -305,13 +305,6 @@ def run_doctor(settings, *, skip: set[str] = frozenset(), out=None) -> int:
     return 0 if failed == 0 else 1
 
 
-def _doctor(args: argparse.Namespace, settings) -> int:
-    skip = set()
-    if args.no_torch:
-        skip |= {"torch / CUDA", "Base model"}
-    return run_doctor(settings, skip=skip)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bot", help="run the Discord bot")
     p.add_argument("--dev-guild", type=int, help="also sync the commands to this guild (instant)")
@@ -321,7 +314,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-worker", action="store_true", help="run only the bot (workers run elsewhere)")
     p.add_argument("--no-bot", action="store_true", help="run only the workers (the bot runs elsewhere)")
     p.set_defaults(func=_up)
-
-    p = sub.add_parser("doctor", help="check Redis, the database, the store, the token, torch and the model")
-    p.add_argument("--no-torch", action="store_true", help="skip the torch and base model checks")
-    p.set_defaults(func=_doctor)
+    # `kitbooth doctor` is registered by kitbooth.doctor_cli: these set-up checks, then the consistency scan.

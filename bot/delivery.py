@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from kitbooth import render
+from kitbooth import render, render_squad
+from kitbooth.i18n import translate
 from kitbooth.render_discord import send_kwargs
 from storage import ArtifactNotFound, keys
 
@@ -62,26 +63,41 @@ def _payload(job: Job | None) -> dict[str, Any]:
     return job.payload if job is not None and isinstance(job.payload, dict) else {}
 
 
+def _locale(event: Event, payload: dict[str, Any]) -> str:
+    """The member's language: the event's target, else the job payload's (older ones: English)."""
+    if event.target is not None:
+        return event.target.locale
+    return str((payload.get("target") or {}).get("locale") or "en-US")
+
+
 async def render_event(services: Services, event: Event, job: Job | None) -> render.Outgoing | None:
     """The message for ``event`` (None when it has none), exactly as the worker renders it."""
     data, payload = event.data, _payload(job)
+    locale = _locale(event, payload)
     if event.type == "job.done" and event.kind in IMAGE_KINDS:
         pngs = [png for _key, png in await _read(services, data.get("output_keys"), event.user_id)]
         return render.generate_result(
             job_id=event.job_id, user_id=event.user_id, prompt=str(data.get("prompt") or payload.get("prompt") or ""),
             seeds=[int(x) for x in data.get("seeds") or []], pngs=pngs, nsfw=data.get("nsfw"),
             seconds=data.get("seconds"), likeness=data.get("likeness"), preview=bool(payload.get("instant_key")),
+            locale=locale,
         )
+    if event.type == "job.done" and event.kind == "squad":
+        found = await _read(services, data.get("output_keys"), event.user_id, limit=1)
+        return render_squad.squad_result(
+            job_id=event.job_id, member_ids=[int(m) for m in data.get("member_ids") or [event.user_id]],
+            prompt=str(payload.get("prompt") or ""), seed=(data.get("seeds") or [None])[0],
+            png=found[0][1] if found else None, nsfw=bool((data.get("nsfw") or [False])[0]), locale=locale)
     if event.type == "job.done" and event.kind == "upscale":
         found = await _read(services, data.get("output_keys"), event.user_id, limit=1)
-        return render.upscale_result(job_id=event.job_id, png=found[0][1]) if found else None
+        return render.upscale_result(job_id=event.job_id, png=found[0][1], locale=locale) if found else None
     if event.type == "job.done" and event.kind == "export":
         prefix = str(payload.get("output_prefix") or "")
         found = await _read(services, data.get("file_keys"), event.user_id, limit=render.MAX_FILES)
         files = [(key[len(prefix):] if prefix and key.startswith(prefix) else key.rsplit("/", 1)[-1], png)
                  for key, png in found]
         return render.export_result(formats=list(payload.get("formats") or ["a1111", "kohya"]),
-                                    files=[(name.replace("/", "-"), body) for name, body in files])
+                                    files=[(name.replace("/", "-"), body) for name, body in files], locale=locale)
     if event.type == "concept.ready":
         wanted = keys.own_keys(data.get("sample_keys"), event.user_id)
         if job is not None and job.guild_id is not None and payload.get("kind") in ("kit", "style"):
@@ -91,11 +107,12 @@ async def render_event(services: Services, event: Event, job: Job | None) -> ren
         return render.concept_ready_result(
             kind=str(payload.get("kind") or "face"), name=str(payload.get("name") or ""),
             seconds=data.get("seconds"), steps=data.get("steps"), size_bytes=data.get("size_bytes"), samples=samples,
+            locale=locale,
         )
     if event.type == "job.failed":
-        return render.failure_result(str(data.get("reason") or "The job failed. Please try again."))
+        return render.failure_result(str(data.get("reason") or translate("failure.generic_job", locale)))
     if event.type == "job.cancelled":
-        return render.cancelled_result()
+        return render.cancelled_result(locale)
     return None
 
 
@@ -103,6 +120,9 @@ async def deliver(bot: discord.Client, services: Services, event: Event, job: Jo
     """Post the user-visible message for ``event``; True when something was sent. Exports go by DM.
 
     Every message sent is recorded (``messages`` table) so ``/forget`` can delete it."""
+    if event.type in ("job.done", "concept.ready") and await _delivered_before(services, event):
+        log.info("job %s: %s already delivered (a repeated event); not posted again", event.job_id, event.type)
+        return False
     msg = await render_event(services, event, job)
     if msg is None:
         return False
@@ -119,6 +139,13 @@ async def deliver(bot: discord.Client, services: Services, event: Event, job: Jo
     sent = await channel.send(**send_kwargs(msg, mention=event.user_id))
     await _record(services, event, sent, "delivery")
     return True
+
+
+async def _delivered_before(services: Services, event: Event) -> bool:
+    """Whether the bot already posted this job's result: a worker try that arq ran again after a shutdown re-sends
+    its end event, and a result is shown once."""
+    return any(m.job_id == event.job_id and m.kind in ("delivery", "export")
+               for m in await services.db.list_messages(event.user_id))
 
 
 async def _record(services: Services, event: Event, sent: Any, kind: str) -> None:

@@ -14,20 +14,22 @@ import traceback
 import discord
 from discord import app_commands
 
+from bot.translator import locale_of
 from kitbooth.errors import UserFacingError
+from kitbooth.i18n import ENGLISH, render_error, translate
 from kitbooth.log_redaction import install_log_redaction
 
 log = logging.getLogger(__name__)
 
-GENERIC = "Something went wrong (incident {incident}). Try again in a minute."
+GENERIC = "Something went wrong (incident {incident}). Try again in a minute."  # error.incident in English
 
 
 def new_incident_id() -> str:
     return secrets.token_hex(3)
 
 
-def user_message(error: BaseException) -> str | None:
-    """The message to show for an expected error, or None when ``error`` is a bug."""
+def user_message(error: BaseException, locale: str = ENGLISH) -> str | None:
+    """The message to show for an expected error in ``locale``, or None when ``error`` is a bug."""
     original = error
     while isinstance(original, (app_commands.CommandInvokeError, app_commands.TransformerError)) and (
         original.__cause__ is not None or getattr(original, "original", None) is not None
@@ -37,17 +39,17 @@ def user_message(error: BaseException) -> str | None:
             break
         original = nxt
     if isinstance(original, UserFacingError):
-        return str(original)
+        return render_error(original, locale)
     if isinstance(original, app_commands.CommandOnCooldown):
-        return f"Slow down — try again in {original.retry_after:.0f} s."
+        return translate("error.cooldown", locale, seconds=round(original.retry_after))
     if isinstance(original, app_commands.MissingPermissions):
-        return "You need the Manage Server permission for that."
+        return translate("error.missing_manage_server", locale)
     if isinstance(original, app_commands.NoPrivateMessage):
-        return "This command works in a server, not in DMs."
+        return translate("error.no_dm", locale)
     if isinstance(original, app_commands.CheckFailure):
-        return str(original) or "You can't use this command here."
+        return str(original) or translate("error.check_failed", locale)
     if isinstance(original, app_commands.TransformerError):
-        return f"I couldn't understand {original.value!r}."
+        return translate("error.not_understood", locale, value=repr(original.value))
     return None
 
 
@@ -69,7 +71,8 @@ async def reply(interaction: discord.Interaction, text: str) -> None:
 async def handle_interaction_error(interaction: discord.Interaction, error: BaseException, *,
                                    where: str | None = None) -> str | None:
     """Reply to the user; return the incident id when the error was unexpected (and logged)."""
-    text = user_message(error)
+    locale = locale_of(interaction)
+    text = user_message(error, locale)
     incident = None
     if text is None:
         incident = new_incident_id()
@@ -85,7 +88,7 @@ async def handle_interaction_error(interaction: discord.Interaction, error: Base
             "incident %s: %s failed for user %s in guild %s\n%s", incident, cmd,
             interaction.user.id if interaction.user else "?", interaction.guild_id, details.rstrip(),
         )
-        text = GENERIC.format(incident=incident)
+        text = translate("error.incident", locale, incident=incident)
     metrics = getattr(interaction.client, "metrics", None)  # bot.metrics.BotMetrics on the KitBooth bot
     if metrics is not None and interaction.command is not None:
         metrics.command(interaction.command.qualified_name, "refused" if incident is None else "error")

@@ -90,8 +90,11 @@ class EventConsumer:
                 log.exception("events consumer: sweep for abandoned jobs failed")
 
     async def sweep(self) -> int:
-        """Jobs arq gave up on without a worker event become failures the user hears about."""
+        """Jobs Redis lost while the bot ran are enqueued again (a restart of Redis, not only of the bot, must not
+        leave them queued forever); jobs arq gave up on without a worker event become failures the user hears
+        about (returns how many)."""
         async with self._lock:
+            await reconcile.reconcile(self.services)
             return await reconcile.fail_abandoned(self.services, self.handle)
 
     async def ensure_group(self) -> None:

@@ -30,9 +30,11 @@ from typing import TYPE_CHECKING, Any
 import discord
 from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
 
-from bot import cancel, jobs
+from bot import cancel, jobs, squad_forget
+from bot.translator import locale_of
 from gpu_worker import contract
 from kitbooth.errors import NotFound
+from kitbooth.i18n import keyed, translate
 from storage import keys
 
 if TYPE_CHECKING:
@@ -61,33 +63,32 @@ class ForgetReport:
     def total_files(self) -> int:
         return sum(self.artifacts.values())
 
-    def messages_line(self) -> str:
-        n = self.discord_messages
-        line = f"• Discord messages showing your pictures or prompts: {n} message{'s' * (n != 1)} deleted"
+    def messages_line(self, locale: str = "en-US") -> str:
+        line = translate("forget.line.messages", locale, count=self.discord_messages)
         if self.undeleted:  # named, never skipped silently (a 403, or Discord failing)
-            line += (f"; couldn't delete these (delete them yourself or ask a server admin): "
-                     f"{' '.join(self.undeleted)}")
+            line += translate("forget.line.undeleted", locale, links=" ".join(self.undeleted))
         return line
 
-    def lines(self) -> list[str]:
-        a, r = self.artifacts, self.rows
+    def lines(self, locale: str = "en-US") -> list[str]:
+        a, r, t = self.artifacts, self.rows, translate
         out = [
-            f"• jobs cancelled: {self.cancelled_jobs}",
-            f"• photos: {a['photos']}",
-            f"• face concepts: {r.get('concepts', 0)} ({a['concepts']} file{'s' * (a['concepts'] != 1)}"
-            f", {a['checkpoints']} checkpoint file{'s' * (a['checkpoints'] != 1)})",
-            f"• generated images: {r.get('outputs', 0)} ({a['outputs']} file{'s' * (a['outputs'] != 1)})",
-            self.messages_line(),
-            f"• exports: {a['exports']}",
-            f"• job records: {r.get('jobs', 0)}",
-            f"• account record: {r.get('users', 0)}",
-            f"• queue and cache entries: {self.redis_keys + self.events}",
+            t("forget.line.jobs", locale, count=self.cancelled_jobs),
+            t("forget.line.photos", locale, count=a["photos"]),
+            t("forget.line.concepts", locale, count=r.get("concepts", 0),
+              files=t("forget.files", locale, count=a["concepts"]),
+              checkpoints=t("forget.checkpoint_files", locale, count=a["checkpoints"])),
+            t("forget.line.outputs", locale, count=r.get("outputs", 0), files=t("forget.files", locale,
+                                                                                count=a["outputs"])),
+            self.messages_line(locale),
+            t("forget.line.exports", locale, count=a["exports"]),
+            t("forget.line.job_records", locale, count=r.get("jobs", 0)),
+            t("forget.line.account", locale, count=r.get("users", 0)),
+            t("forget.line.redis", locale, count=self.redis_keys + self.events),
         ]
         if a["other"]:
-            out.append(f"• other files: {a['other']}")
+            out.append(t("forget.line.other", locale, count=a["other"]))
         if self.detached.get("catalogue_entries") or self.detached.get("catalogue_concepts"):
-            out.append(f"• server kits/styles you added stay with the server, without your name "
-                       f"({self.detached.get('catalogue_entries', 0)})")
+            out.append(t("forget.line.catalogue", locale, count=self.detached.get("catalogue_entries", 0)))
         return out
 
 
@@ -99,7 +100,8 @@ def _s(v: Any) -> str:
 def _arq_keys_of(user_jobs: list[Job]) -> list[str]:
     """arq's keys (job, retry, result) of these DB jobs, by name from the ids the rows hold (train slices too)."""
     return [prefix + arq_id for job in user_jobs for arq_id in jobs.arq_ids(job)
-            for prefix in (job_key_prefix, retry_key_prefix, result_key_prefix)]
+            for prefix in (job_key_prefix, retry_key_prefix, result_key_prefix)] + [
+        contract.delivered_key(job.id) for job in user_jobs]  # the worker's "posted" mark (ids and keys)
 
 
 async def _running_job_ids(services: Services, user_jobs: list[Job]) -> set[int]:
@@ -192,11 +194,15 @@ async def forget_user(services: Services, user_id: int, *, client: discord.Clien
     cancelled = await cancel.cancel_user(services, user_id, reason="forgotten")
     report.cancelled_jobs = len(active | set(cancelled.removed) | set(cancelled.aborting) | set(cancelled.flagged))
 
+    # 1b. Every squad photo they are in, whoever asked for it (bot.squad_forget): picture, job, messages.
+    squad_messages = await squad_forget.forget_member(services, user_id, client)
+
     # 2. Server catalogue entries they created stay with the server.
     report.detached = await db.detach_user_catalogue(user_id)
 
     # 3. Every message that shows their face, images or prompt.
     report.discord_messages, report.undeleted = await _delete_messages(services, client, user_id, user_jobs)
+    report.discord_messages += squad_messages
 
     # 4. Artifacts (one prefix holds everything of a user).
     prefix = keys.user_prefix(user_id)
@@ -239,7 +245,7 @@ async def start_export(services: Services, interaction: discord.Interaction) -> 
     user_id = interaction.user.id
     face = await services.db.ready_face(user_id)
     if face is None or not face.artifact_key:
-        raise NotFound("You have no trained face to export yet — run `/train` first (see `/me` for its status).")
+        raise keyed(NotFound, "refusal.nothing_to_export")
     dm_channel_id = interaction.channel_id or 0
     try:
         dm = await interaction.user.create_dm()
@@ -247,7 +253,7 @@ async def start_export(services: Services, interaction: discord.Interaction) -> 
     except discord.HTTPException:
         log.info("export: could not open a DM with user %s; the worker will answer in the channel", user_id)
     target = contract.DiscordTarget(channel_id=dm_channel_id, user_id=user_id, guild_id=None,
-                                    application_id=interaction.application_id)
+                                    application_id=interaction.application_id, locale=locale_of(interaction))
 
     def build(job: Job) -> contract.ExportPayload:
         return contract.ExportPayload(

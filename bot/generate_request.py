@@ -20,6 +20,7 @@ from bot import catalogue, jobs, lookalike, quotas, text_checks
 from gpu_worker import contract
 from kitbooth import limits
 from kitbooth.errors import InvalidInput, NotFound
+from kitbooth.i18n import keyed, translate
 from storage import keys
 from training.prompts import find_reserved
 
@@ -49,22 +50,20 @@ def candidates_for(count: int, best_of: int | None) -> int | None:
 async def validate_prompt(services: Services, user_id: int, prompt: str) -> str:
     prompt = text_checks.clean_text(prompt)  # zero-width, bidi and other format characters go
     if not (text_checks.has_visible(prompt) and text_checks.has_visible(unicodedata.normalize("NFKC", prompt))):
-        raise InvalidInput("Describe the picture, e.g. `celebrating a goal in a packed stadium`.")
+        raise keyed(InvalidInput, "refusal.empty_prompt")
     if len(prompt) > limits.PROMPT_CHARS:
-        raise InvalidInput(f"That prompt is {len(prompt)} characters — keep it to {limits.PROMPT_CHARS}.")
+        raise keyed(InvalidInput, "refusal.prompt_too_long", length=len(prompt), limit=limits.PROMPT_CHARS)
     reserved = find_reserved(prompt) or find_reserved(unicodedata.normalize("NFKC", prompt))
     if reserved:
         shown = ", ".join(f"`{t}`" for t in reserved[:3])
-        raise InvalidInput(f"Your prompt contains reserved token(s) {shown} — remove them. Your face, kit and "
-                           "style are added for you.")
+        raise keyed(InvalidInput, "refusal.reserved_tokens", tokens=shown)
     words = {w.lower() for w in _WORD.findall(prompt)}
     owners = await services.db.trigger_token_owners(words)
     # A trigger can be shared (every pure-LoRA face is "ohwx"): one's own trigger is never someone else's.
     own = {t.lower() for c in await services.db.list_concepts(owner_id=user_id, kind="face")
            for t in c.trigger_tokens} if owners else set()
     if any(owner != user_id and tok not in own for tok, owner in owners.items()):
-        raise InvalidInput("Your prompt contains another member's trigger word. You can only generate "
-                           "pictures of yourself — remove it.")
+        raise keyed(InvalidInput, "refusal.other_members_trigger")
     return prompt
 
 
@@ -79,8 +78,8 @@ async def require_own_face(services: Services, user_id: int) -> Concept:
     if learning and services.settings.instant_face_adapter:
         return learning[-1]  # the instant face (issue 14) stands in until the trained face is ready
     if learning:
-        raise NotFound(FACE_TRAINING)
-    raise NotFound(NO_FACE)
+        raise keyed(NotFound, "refusal.face_still_training")
+    raise keyed(NotFound, "refusal.no_face_trained")
 
 
 async def concept_ref(services: Services, concept: Concept) -> contract.ConceptRef:
@@ -192,10 +191,11 @@ def request_from_payload(old: contract.GeneratePayload) -> GenerateRequest:
                            width=old.width, height=old.height, kit=kit, style=style, allow_nsfw=old.allow_nsfw)
 
 
-def describe(req: GenerateRequest) -> str:
-    n = f"{req.count} image{'s' if req.count != 1 else ''}"
+def describe(req: GenerateRequest, locale: str = "en-US") -> str:
+    """What was asked, in the member's language (the prompt itself is shown as typed, never translated)."""
     extra = "".join(
-        [f" in **{req.kit.name}**" if req.kit and req.kit.name else "",
-         f", {req.style.name} style" if req.style and req.style.name else ""]
+        [translate("request.in_kit", locale, kit=req.kit.name) if req.kit and req.kit.name else "",
+         translate("request.with_style", locale, style=req.style.name) if req.style and req.style.name else ""]
     )
-    return f"🎨 {n} of you{extra}: *{discord.utils.escape_markdown(req.prompt)}*"
+    return translate("request.images_of_you", locale, count=req.count, extra=extra,
+                     prompt=discord.utils.escape_markdown(req.prompt))

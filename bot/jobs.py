@@ -19,8 +19,10 @@ from arq.constants import result_key_prefix
 from arq.jobs import Job as ArqJob
 from arq.jobs import JobStatus
 
+from bot.translator import locale_of
 from gpu_worker import contract
 from kitbooth.errors import UserFacingError
+from kitbooth.i18n import keyed, translate
 
 if TYPE_CHECKING:
     from bot.services import Services
@@ -50,6 +52,7 @@ def target_from_interaction(interaction: discord.Interaction) -> contract.Discor
         application_id=interaction.application_id,
         interaction_token=interaction.token,
         interaction_created_at=interaction.created_at.timestamp(),
+        locale=locale_of(interaction),
     )
 
 
@@ -108,7 +111,7 @@ async def create_and_enqueue(
     except Exception as exc:
         await db.update_job(job.id, status="failed", error=f"enqueue failed: {type(exc).__name__}")
         log.exception("job %s: enqueue failed", job.id)
-        raise UserFacingError("The job queue is unavailable right now. Try again in a minute.") from exc
+        raise keyed(UserFacingError, "refusal.queue_unavailable") from exc
     return job, payload
 
 
@@ -154,18 +157,18 @@ async def queue_position(services: Services, job: Job | int) -> QueueInfo:
     return QueueInfo(position=position, depth=int(depth), eta_seconds=eta)
 
 
-def format_eta(seconds: float) -> str:
+def format_eta(seconds: float, locale: str = "en-US") -> str:
     if seconds < 60:
-        return f"about {max(5, round(seconds / 5) * 5):.0f} s"
-    return f"about {round(seconds / 60):.0f} min"
+        return translate("queue.about_seconds", locale, seconds=int(max(5, round(seconds / 5) * 5)))
+    return translate("queue.about_minutes", locale, minutes=int(round(seconds / 60)))
 
 
-def format_queue(info: QueueInfo) -> str:
+def format_queue(info: QueueInfo, locale: str = "en-US") -> str:
     if info.position <= 1:
-        where = "next in the queue" if info.position == 1 else "starting now"
+        where = translate("queue.next" if info.position == 1 else "queue.starting_now", locale)
     else:
-        where = f"position {info.position} in the queue"
-    return f"{where} (ETA {format_eta(info.eta_seconds)})"
+        where = translate("queue.position", locale, position=info.position)
+    return translate("queue.with_eta", locale, where=where, eta=format_eta(info.eta_seconds, locale))
 
 
 # --- arq's view of DB jobs (per id: arq's Job.status / result_info) ---------------------------------------

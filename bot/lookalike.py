@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from kitbooth.errors import NotAllowed
+from kitbooth.i18n import keyed
 from storage import keys
 from training.faces import IDENTITY_THRESHOLD
 from training.rerank import decode_reference, encode_reference, mean_descriptor
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOOKS_LIKE_ANOTHER = (
+LOOKS_LIKE_ANOTHER = (  # refusal.looks_like_another in English
     "These selfies look like a face another member has already taught me, so I can't learn them — a face is only "
     "its owner's. If you are twins or look very alike, ask a server admin to run `/kitbooth allow-lookalike` "
     "for the two of you, then /train again."
@@ -70,7 +71,7 @@ async def refuse_other_persons_face(services: Services, user_id: int, guild_id: 
     hits = await asyncio.to_thread(_matches, reference, others, allowed)
     if hits:
         log.info("user %s: /train refused, the selfies match %d other member(s)' face", user_id, len(hits))
-        raise NotAllowed(LOOKS_LIKE_ANOTHER)
+        raise keyed(NotAllowed, "refusal.looks_like_another")
 
 
 async def keep_reference(services: Services, user_id: int, concept_id: int, reference: bytes | None,

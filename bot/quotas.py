@@ -12,12 +12,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from kitbooth.errors import QuotaExceeded
+from kitbooth.i18n import Duration, keyed
 
 if TYPE_CHECKING:
     from bot.services import Services
 
 MAX_ACTIVE = 3
-IMAGE_KINDS = ("generate", "vary", "reroll", "upscale")
+IMAGE_KINDS = ("generate", "vary", "reroll", "upscale", "squad")
 
 
 def day_start(now: datetime | None = None) -> datetime:
@@ -25,11 +26,10 @@ def day_start(now: datetime | None = None) -> datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def _until_reset(now: datetime | None = None) -> str:
+def _until_reset(now: datetime | None = None) -> Duration:
     now = now or datetime.now(UTC)
     left = day_start(now) + timedelta(days=1) - now
-    hours, minutes = divmod(int(left.total_seconds()) // 60, 60)
-    return f"{hours} h {minutes} min" if hours else f"{minutes} min"
+    return Duration(int(left.total_seconds()) // 60 * 60)  # to the minute
 
 
 async def daily_quota(services: Services, user_id: int, guild_id: int | None) -> int:
@@ -54,17 +54,16 @@ async def check_image_request(services: Services, user_id: int, guild_id: int | 
     """Raise ``QuotaExceeded`` when this request would pass the quota, the rate limit or the active cap."""
     active = [j for j in await services.db.active_jobs(user_id) if j.kind in IMAGE_KINDS]
     if len(active) >= MAX_ACTIVE:
-        raise QuotaExceeded(f"You already have {len(active)} images jobs in the queue — wait for one to finish.")
+        raise keyed(QuotaExceeded, "refusal.too_many_active", count=len(active))
     left, quota = await images_left(services, user_id, guild_id)
     if images > left:
         if left == 0:
-            raise QuotaExceeded(f"You've used all {quota} of today's images. The quota resets at 00:00 UTC "
-                                f"(in {_until_reset()}).")
-        raise QuotaExceeded(f"Only {left} of today's {quota} images left — ask for count ≤ {left}.")
+            raise keyed(QuotaExceeded, "refusal.quota_used", quota=quota, until=_until_reset())
+        raise keyed(QuotaExceeded, "refusal.quota_partial", left=left, quota=quota)
     rate = services.settings.rate_limit_s
     last = services.last_request_at
     now = services.clock()
     prev = last.get(user_id)
     if rate > 0 and prev is not None and now - prev < rate:
-        raise QuotaExceeded(f"Slow down — try again in {max(1, round(rate - (now - prev)))} s.")
+        raise keyed(QuotaExceeded, "error.cooldown", seconds=max(1, round(rate - (now - prev))))
     last[user_id] = now

@@ -1,7 +1,8 @@
 """Keeping the DB and the queue in step. Torch-free.
 
-- ``reconcile`` (at start-up): jobs the DB says are queued or running but that arq no longer knows (Redis lost
-  its data) are enqueued again from their stored payload, so nothing is lost.
+- ``reconcile`` (at start-up and every minute, in the events consumer's sweep): jobs the DB says are queued or
+  running but that arq no longer knows (Redis lost its data, with or without a bot restart) are enqueued again
+  from their stored payload, so nothing is lost (arq refuses an id it already has, so nothing doubles).
 - ``fail_abandoned`` (at start-up and every minute): jobs arq gave up on without the worker reporting (a job
   timeout, or retries used up because workers kept dying) become a ``job.failed`` event, handled like one
   from the worker: the row is marked failed, a training's concept too, and the user is told.
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from bot import jobs
 from gpu_worker import contract
+from kitbooth.i18n import translate
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -53,6 +55,7 @@ async def reconcile(services: Services) -> int:
     return requeued
 
 
+# failure.abandoned in English (the member reads it in their language, from the job's DiscordTarget.locale)
 ABANDONED_REASON = "The GPU worker could not finish this job (it crashed or ran out of time). Please try again."
 
 
@@ -72,7 +75,8 @@ async def fail_abandoned(services: Services, handle: Callable[[contract.Event], 
                 target = None
         event = contract.Event(type="job.failed", job_id=job.id, user_id=job.user_id, kind=job.kind,
                                target=target, posted=False,
-                               data={"reason": ABANDONED_REASON, "retryable": True})
+                               data={"reason": translate("failure.abandoned", target.locale if target else "en"),
+                                     "retryable": True})
         await handle(event)
         failed += 1
         log.warning("job %s (%s): arq gave up on it without a worker report; marked failed", job.id, job.kind)

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 
-from bot import jobs, lookalike
+from bot import jobs, lookalike, photo_reasons, training_methods
+from bot.translator import locale_of
 from gpu_worker import contract
 from kitbooth import limits
 from kitbooth.errors import Busy, InvalidInput, NotAllowed
+from kitbooth.i18n import keyed, translate
 from storage import keys
 from training import faces
 
@@ -34,10 +36,10 @@ log = logging.getLogger(__name__)
 TrainKind = Literal["face", "kit", "style"]
 MIN_PHOTOS = {"face": 4, "kit": 1, "style": 1}
 MAX_PHOTOS = {"face": 10, "kit": 10, "style": 10}
-METHODS = {"face": "pivotal", "kit": "lora", "style": "lora"}
+METHODS = training_methods.DEFAULTS  # per kind; the advanced option's choices: bot.training_methods
 RESOLUTION = 512
 
-CONSENT_REQUIRED = (
+CONSENT_REQUIRED = (  # refusal.consent_required in English
     "KitBooth learns a face only with its owner's consent. Run /train again and confirm that the photos are "
     "of you and that you consent."
 )
@@ -112,7 +114,7 @@ def _run_checks(
     for v in report.verdicts:
         if v.index in too_big:
             mb = uploads[v.index - 1].size / 1e6
-            reason = (f"photo {v.index}: too big ({mb:.1f} MB) — send a photo under "
+            reason = (f"photo {v.index}: too big ({mb:.1f} MB) — send a photo under "  # checklist.upload_too_big
                       f"{max_bytes / 1e6:.0f} MB")
             verdicts.append(Verdict(v.index, v.filename, False, reason))
         else:
@@ -136,8 +138,8 @@ def _png(img: Any) -> bytes:
     return buf.getvalue()
 
 
-def checklist(verdicts: Sequence[Verdict]) -> str:
-    return "\n".join(f"{'✅' if v.accepted else '❌'} {v.reason}" for v in verdicts)
+def checklist(verdicts: Sequence[Verdict], locale: str = "en-US") -> str:
+    return photo_reasons.checklist(verdicts, locale)
 
 
 # --- guards ---------------------------------------------------------------------------------------
@@ -151,13 +153,13 @@ async def check_may_train(services: Services, interaction: discord.Interaction) 
         return
     roles = {r.id for r in getattr(interaction.user, "roles", [])}
     if not roles & allowed:
-        raise NotAllowed("On this server only some roles may train a face. Ask a moderator for access.")
+        raise keyed(NotAllowed, "refusal.train_role_only")
 
 
 async def check_not_training(services: Services, user_id: int) -> None:
     active = await services.db.list_jobs(user_id=user_id, statuses=("queued", "running"), kind="train")
     if active:
-        raise Busy("You already have a training in progress — wait for it to finish (see /me), then try again.")
+        raise keyed(Busy, "refusal.training_in_progress")
 
 
 # --- the flow -------------------------------------------------------------------------------------
@@ -170,6 +172,7 @@ async def start_training(
     name: str | None = None,
     consent: bool | None = None,
     guild_id: int | None = None,
+    method: str | None = None,
 ) -> TrainingStarted:
     """Validate, check, store crops, write rows, enqueue, answer. The interaction must already be deferred."""
     settings, db = services.settings, services.db
@@ -179,25 +182,26 @@ async def start_training(
         raise ValueError(f"unknown training kind {kind!r}")
     if kind == "face":
         if not consent:
-            raise NotAllowed(CONSENT_REQUIRED)
+            raise keyed(NotAllowed, "refusal.consent_required")
         await check_may_train(services, interaction)
     elif guild_id is None:
-        raise NotAllowed("Kits and styles belong to a server: run this in a server channel.")
+        raise keyed(NotAllowed, "refusal.kits_need_server")
+    method = await training_methods.method_for(services, guild_id, kind, method)
 
     uploads = _normalise(photos)
     lo, hi = MIN_PHOTOS[kind], MAX_PHOTOS[kind]
-    what = "selfies" if kind == "face" else f"{kind} photos"
+    locale = locale_of(interaction)
+    what = translate(f"train.what.{kind}", locale)
     if not uploads:
-        raise InvalidInput(f"No photos received — attach {lo}-{hi} {what}.")
+        raise keyed(InvalidInput, "refusal.no_photos", lo=lo, hi=hi, what=what)
     if len(uploads) < lo:
-        raise InvalidInput(f"Only {len(uploads)} photo{'s' if len(uploads) != 1 else ''} — send {lo}-{hi} {what} "
-                           "(clear, front-facing, just you).")
+        raise keyed(InvalidInput, "refusal.too_few_photos", count=len(uploads), lo=lo, hi=hi, what=what)
     if len(uploads) > hi:
-        raise InvalidInput(f"{len(uploads)} photos is too many — send at most {hi} {what}.")
+        raise keyed(InvalidInput, "refusal.too_many_photos", count=len(uploads), hi=hi, what=what)
 
     starting = services.training_starting
     if user_id in starting:
-        raise Busy("You already have a training starting — wait a moment.")
+        raise keyed(Busy, "refusal.training_starting")
     starting.add(user_id)
     try:
         await check_not_training(services, user_id)
@@ -206,16 +210,13 @@ async def start_training(
         checker = services.photo_checker or default_photo_checker
         verdicts, crops, reference = await asyncio.to_thread(_run_checks, checker, kind, uploads,
                                                              settings.max_upload_bytes)
-        listing = checklist(verdicts)
-        if len(crops) < lo:
-            raise InvalidInput(
-                f"{listing}\nOnly {len(crops)} usable photo{'s' if len(crops) != 1 else ''} — send at least {lo} "
-                + ("clear, front-facing selfies of just you (one person, the same person in every photo)."
-                   if kind == "face" else f"{what}.")
-            )
+        if len(crops) < lo:  # the checklist is rendered in the member's language by the error handler
+            raise keyed(InvalidInput, "refusal.too_few_usable_selfies" if kind == "face" else
+                        "refusal.too_few_usable_photos", listing=checklist(verdicts, locale), count=len(crops),
+                        lo=lo, what=what)
         await lookalike.refuse_other_persons_face(services, user_id, guild_id, reference)
         started = await _create_and_enqueue(services, interaction, kind=kind, name=name, guild_id=guild_id,
-                                            crops=crops, verdicts=verdicts, reference=reference)
+                                            crops=crops, verdicts=verdicts, reference=reference, method=method)
     finally:
         starting.discard(user_id)
     await interaction.followup.send(started.message, ephemeral=True)
@@ -225,14 +226,15 @@ async def start_training(
 async def _create_and_enqueue(
     services: Services, interaction: discord.Interaction, *, kind: TrainKind, name: str | None,
     guild_id: int | None, crops: list[tuple[int, bytes, bytes | None]], verdicts: list[Verdict],
-    reference: bytes | None = None,
+    reference: bytes | None = None, method: str | None = None,
 ) -> TrainingStarted:
+    method = method or METHODS[kind]
     db, store, settings = services.db, services.store, services.settings
     user_id = interaction.user.id
     await db.ensure_user(user_id)
     concept_name = name or ("face" if kind == "face" else kind)
     concept = await db.create_concept(owner_id=user_id, guild_id=guild_id, kind=kind, name=concept_name,
-                                      method=METHODS[kind], status="pending")
+                                      method=method, status="pending")
     if kind == "face":
         photo_keys = [keys.photo_key(user_id, concept.id, n) for n in range(len(crops))]
         artifact_key = keys.concept_key(user_id, concept.id)
@@ -253,7 +255,7 @@ async def _create_and_enqueue(
 
         def build(job: Job) -> contract.TrainPayload:
             fields: dict[str, Any] = dict(
-                job_id=job.id, user_id=user_id, concept_id=concept.id, kind=kind, method=METHODS[kind],
+                job_id=job.id, user_id=user_id, concept_id=concept.id, kind=kind, method=method,
                 name=concept_name, photo_keys=photo_keys, artifact_key=artifact_key, checkpoint_prefix=ckpt,
                 target=target, guild_id=guild_id, seed=secrets.randbelow(limits.SEED_MAX + 1),
             )
@@ -277,9 +279,10 @@ async def _create_and_enqueue(
         raise
     concept = await db.update_concept(concept.id, status="training")
     queue = await jobs.queue_position(services, job)
-    n = len(crops)
-    what = "your face" if kind == "face" else f"the {kind} **{concept_name}**"
-    message = (f"{checklist(verdicts)}\n\n🏋️ Training {what} on {n} photo{'s' if n != 1 else ''} — "
-               f"{jobs.format_queue(queue)}. I'll post in this channel when it's ready.")
+    n, locale = len(crops), locale_of(interaction)
+    what = translate("train.target.face", locale) if kind == "face" else \
+        translate(f"train.target.{kind}", locale, name=concept_name)
+    message = checklist(verdicts, locale) + "\n\n" + translate(
+        "train.started", locale, what=what, count=n, queue=jobs.format_queue(queue, locale))
     log.info("job %s: training %s concept %s for user %s (%d photos)", job.id, kind, concept.id, user_id, n)
     return TrainingStarted(job=job, concept=concept, verdicts=verdicts, queue=queue, message=message)

@@ -14,14 +14,19 @@ from collections import OrderedDict
 from typing import Any
 
 from kitbooth import limits
-from kitbooth.errors import IncompatibleArtifact, NotFound
+from kitbooth.errors import IncompatibleArtifact, NotFound, UserFacingError
+from kitbooth.i18n import keyed
 from storage import ArtifactNotFound, ArtifactStore
+from training import safetensors_file
 from training.base_layers import BaseModel
 from training.formats import load_concept
 
 log = logging.getLogger(__name__)
 
+# English texts of failure.concept_gone / failure.face_damaged (kitbooth/locales): the member reads them in
+# their language.
 GONE = "A concept used by this request no longer exists. Pick another one."
+DAMAGED_FACE = "Your trained face file is damaged — run /train to learn your face again."
 
 
 class ConceptCache:
@@ -32,7 +37,7 @@ class ConceptCache:
     """
 
     def __init__(self, store: ArtifactStore, *, base: BaseModel, max_items: int = 64,
-                 max_file_bytes: int = limits.CONCEPT_FILE_BYTES):
+                 max_file_bytes: int = limits.DELTA_FILE_BYTES):  # a trained DreamBooth delta (uploads: 10 MB)
         self.store = store
         self.base = base
         self.max_items = max_items
@@ -50,7 +55,7 @@ class ConceptCache:
             # this worker's memory. One existence check per use is cheap next to a generation.
             if not await asyncio.to_thread(self.store.exists, key):
                 self.invalidate(key)
-                raise NotFound(GONE)
+                raise keyed(NotFound, "failure.concept_gone")
             with self._lock:
                 if key in self._items:
                     self._items.move_to_end(key)
@@ -84,18 +89,32 @@ class ConceptCache:
     def _load(self, key: str, sha256: str, kind: str) -> tuple[str, Any]:
         try:
             if self.store.size(key) > self.max_file_bytes:
-                raise IncompatibleArtifact(f"A concept file is over {self.max_file_bytes / 1e6:.1f} MB, too large "
-                                           "for a concept — retrain or re-import it.")
+                raise keyed(IncompatibleArtifact, "failure.concept_too_large", size=self.max_file_bytes / 1e6)
             data = self.store.get_bytes(key)
         except ArtifactNotFound:
-            raise NotFound(GONE) from None
+            raise keyed(NotFound, "failure.concept_gone") from None
         digest = hashlib.sha256(data).hexdigest()
         if sha256 and digest != sha256:
-            raise IncompatibleArtifact("A concept file changed or is damaged (checksum mismatch) — retrain or "
-                                       "re-import it.")
+            raise keyed(IncompatibleArtifact, "failure.concept_checksum")
         # The file name only seeds an imported file's trigger word (e.g. "<kit-0>"), never a path. A refusal is
         # the validator's own sentence (a UserFacingError), the same the bot gives at import.
-        art = load_concept(data, base=self.base, kind=kind, filename=f"{kind}.safetensors",
-                           max_bytes=self.max_file_bytes)
+        try:
+            art = load_concept(data, base=self.base, kind=kind, filename=f"{kind}.safetensors",
+                               max_bytes=self.max_file_bytes)
+        except UserFacingError as exc:
+            if kind != "face" or _readable(data):  # an imported kit/style, or e.g. another base model's face:
+                raise  # the validator's own sentence says what to fix
+            # A face was trained here, never uploaded: "upload the file itself" would be the wrong advice.
+            log.warning("concept %s: stored face file refused: %s", key, exc)
+            raise keyed(IncompatibleArtifact, "failure.face_damaged") from None
         log.debug("concept %s loaded (%s)", key, art.extra.get("source_format", art.method))
         return digest, art
+
+
+def _readable(data: bytes) -> bool:
+    """Whether ``data`` is a well-formed safetensors file at all (a truncated or overwritten one is not)."""
+    try:
+        safetensors_file.read(data)
+    except UserFacingError:
+        return False
+    return True

@@ -29,11 +29,36 @@ GENERATE_JOB = "generate"
 UPSCALE_JOB = "upscale"
 CANCEL_JOB = "cancel"
 EXPORT_JOB = "export"
+SQUAD_JOB = "squad"
 
 ConceptKind = Literal["face", "kit", "style"]
 
 
 T = TypeVar("T", bound="_Wire")
+
+_PLAIN: dict[str, Any] = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+}
+
+
+def _plain_ok(annotation: str, value: Any) -> bool:
+    """Whether ``value`` fits a plain field annotation (``int``, ``str | None``, ``list[int]``...); others pass."""
+    parts = [p.strip() for p in annotation.split("|")]
+    if value is None and "None" in parts:
+        return True
+    for part in parts:
+        if part in _PLAIN:
+            if _PLAIN[part](value):
+                return True
+        elif part.startswith("list[") and part[5:-1] in _PLAIN:
+            if isinstance(value, list) and all(_PLAIN[part[5:-1]](v) for v in value):
+                return True
+        elif part != "None":
+            return True  # not a plain type (a Literal alias, a nested dataclass): checked where it is used
+    return False
 
 
 @dataclass(frozen=True)
@@ -57,10 +82,13 @@ class _Wire:
         if unknown:
             raise PayloadError(f"{cls.__name__}: unknown fields {sorted(unknown)}")
         kwargs = {}
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
         for key, value in data.items():
             sub = cls._nested.get(key)
             if sub is not None and value is not None:
                 value = [sub.from_dict(v) for v in value] if isinstance(value, list) else sub.from_dict(value)
+            elif not _plain_ok(str(types[key]), value):  # e.g. "count": "4" would fail deep in a job, as a bug
+                raise PayloadError(f"{cls.__name__}: {key} must be {types[key]}, got {type(value).__name__}")
             kwargs[key] = value
         try:
             return cls(**kwargs)
@@ -91,6 +119,9 @@ class DiscordTarget(_Wire):
     interaction_token: str | None = None  # lets the worker edit the original response (15 min)
     interaction_created_at: float | None = None  # epoch seconds
     message_id: int | None = None  # a message to edit instead (e.g. the bot's followup)
+    # The member's language (a Discord locale code, kitbooth.i18n picks the catalogue): every payload carries its
+    # target, so the worker renders progress, results and failures in it; an older payload reads as English.
+    locale: str = "en-US"
 
     def token_valid(self, now: float | None = None) -> bool:
         if not (self.interaction_token and self.application_id and self.interaction_created_at):
@@ -120,7 +151,7 @@ class TrainPayload(_Wire):
     user_id: int
     concept_id: int
     kind: ConceptKind
-    method: str  # pivotal | lora | ti
+    method: str  # training.config.METHODS: pivotal | lora | ti | dreambooth | ...
     name: str
     photo_keys: list[str]
     artifact_key: str  # where the finished .safetensors goes
@@ -130,6 +161,7 @@ class TrainPayload(_Wire):
     steps: int | None = None  # None: the kind's default
     resolution: int | None = None
     seed: int = 0
+    full_delta: bool = False  # DreamBooth kits/styles only (an admin's choice): keep the whole delta, no SVD
     slice_index: int = 0
     version: int = CONTRACT_VERSION
 
@@ -216,9 +248,55 @@ class ExportPayload(_Wire):
     version: int = CONTRACT_VERSION
 
 
+@dataclass(frozen=True)
+class SquadFace(_Wire):
+    """One member of a squad photo: their own face concept (and reference identity, for best-of-N)."""
+
+    _nested: ClassVar[dict[str, type]] = {"face": ConceptRef}
+
+    user_id: int
+    face: ConceptRef
+    reference_key: str | None = None
+
+
+@dataclass(frozen=True)
+class SquadPayload(_Wire):
+    """A squad photo (``/squad``): the requester and 1-4 members who approved, one image.
+
+    ``members`` is the reading order of the faces (left to right), the requester first. ``approved`` is the
+    approval set the bot recorded: the worker refuses a payload in which any face is not ``users/<id>/...`` of
+    an approved member (``gpu_worker.validation.validate_squad``)."""
+
+    _nested: ClassVar[dict[str, type]] = {
+        "target": DiscordTarget, "members": SquadFace, "kit": ConceptRef, "style": ConceptRef,
+    }
+
+    job_id: int
+    user_id: int  # the requester (the job, its quota and its output folder are theirs)
+    squad_id: int
+    prompt: str
+    output_prefix: str  # users/<requester>/outputs/<job>/
+    target: DiscordTarget
+    members: list[SquadFace]
+    approved: list[int]
+    guild_id: int | None = None
+    kit: ConceptRef | None = None
+    kit_words: str | None = None
+    style: ConceptRef | None = None
+    style_words: str | None = None
+    seed: int = 0
+    width: int = 768
+    height: int = 512
+    steps: int = 25
+    guidance: float = 7.0
+    candidates: int | None = None  # best-of-N scenes (None: one)
+    allow_nsfw: bool = False
+    version: int = CONTRACT_VERSION
+
+
 PAYLOAD_TYPES: dict[str, type[_Wire]] = {
     TRAIN_JOB: TrainPayload, GENERATE_JOB: GeneratePayload, UPSCALE_JOB: UpscalePayload,
-    CANCEL_JOB: CancelPayload, EXPORT_JOB: ExportPayload,
+    CANCEL_JOB: CancelPayload, EXPORT_JOB: ExportPayload, SQUAD_JOB: SquadPayload,
 }
 
 
@@ -268,6 +346,16 @@ def forgotten_user_key(user_id: int) -> str:
 
 def cancel_job_key(job_id: int) -> str:
     return f"kitbooth:cancel:job:{int(job_id)}"
+
+
+DELIVERED_TTL_S = 3600  # outlives every retry of a job (tries x timeout + defers)
+
+
+def delivered_key(job_id: int) -> str:
+    """Written by the worker right after it posted a job's final message (value: the end event's JSON, ids and
+    keys only), so a try that arq runs again (a shutdown between the post and the job's end) re-sends the event
+    instead of drawing and posting a second time."""
+    return f"kitbooth:delivered:{int(job_id)}"
 
 
 def train_slice_key(job_id: int) -> str:
@@ -368,3 +456,11 @@ def parse_button_id(custom_id: str) -> ButtonId | None:
 
 # Regex for a discord.py DynamicItem template matching every result button.
 BUTTON_ID_TEMPLATE = r"kb:(?P<action>[urvd]):(?P<job_id>\d+):(?P<index>[0-3]):(?P<owner_id>\d+)"
+
+
+# Squad photos: the delete button every member of the picture may press (membership is checked in the bot's DB).
+SQUAD_DELETE_TEMPLATE = r"kbsq:d:(?P<job_id>\d+)"
+
+
+def squad_delete_id(job_id: int) -> str:
+    return f"kbsq:d:{int(job_id)}"

@@ -58,6 +58,7 @@ class SliceWork:
     should_stop: Callable[[], bool] = lambda: False
     on_progress: Callable[[Any], None] = lambda p: None
     samples: int = 2
+    store: Any = None  # the artifact store (DreamBooth's shared class images)
 
 
 @dataclass
@@ -262,18 +263,22 @@ class Engine:
 
         overrides: dict[str, Any] = {"method": payload.method, "steps": payload.steps,
                                      "resolution": payload.resolution, "seed": payload.seed}
+        if payload.method == "dreambooth":
+            overrides.update(num_class_images=self.settings.dreambooth_class_images,
+                             class_steps=self.settings.dreambooth_class_steps,
+                             full_delta=bool(getattr(payload, "full_delta", False)))
         return default_config(payload.kind, **overrides)
 
     def train_slice(self, work: SliceWork) -> SliceResult:
         from training.artifact import save_artifact
-        from training.loop import Trainer
+        from training.trainers import make_trainer
 
         p = work.payload
         config = self.train_config(p)
         t0 = time.perf_counter()
-        trainer = Trainer(
+        trainer = make_trainer(
             self.pipe, work.images, config, masks=work.masks, base_model_id=self.base_model_id,
-            progress=work.on_progress, should_stop=work.should_stop,
+            progress=work.on_progress, should_stop=work.should_stop, store=work.store,
         )
         try:
             if work.state is not None:

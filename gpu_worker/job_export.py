@@ -12,6 +12,7 @@ from gpu_worker.gpu import PRIO_LIGHT
 from gpu_worker.runner import JobKind, JobRun
 from gpu_worker.validation import validate_export
 from kitbooth.errors import NotFound
+from kitbooth.i18n import keyed
 from kitbooth.render import MAX_FILES, export_result
 from storage import ArtifactNotFound
 
@@ -23,7 +24,7 @@ async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.Export
     try:
         data = await asyncio.to_thread(w.store.get_bytes, p.concept_key)
     except ArtifactNotFound:
-        raise NotFound("That concept no longer exists. Train it again first.") from None
+        raise keyed(NotFound, "failure.export_concept_gone") from None
     prefix = p.output_prefix if p.output_prefix.endswith("/") else p.output_prefix + "/"
     with tempfile.TemporaryDirectory(prefix="kb-export-") as tmp:
         paths, trigger = await w.lane.call(lambda: w.engine.export(data, list(p.formats), Path(tmp), p.name),
@@ -35,8 +36,8 @@ async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.Export
             file_keys.append(prefix + rel)
             if path.is_file() and path.stat().st_size <= DISCORD_FILE_LIMIT and len(files) < MAX_FILES:
                 files.append((rel.replace("/", "-"), path.read_bytes()))
-    res = await run.post(w, export_result(formats=list(p.formats), files=files, trigger=trigger))
-    await run.emit(w, "job.done", posted=res.posted, file_keys=file_keys, message_id=res.message_id)
+    await run.deliver(w, export_result(formats=list(p.formats), files=files, trigger=trigger, locale=p.target.locale),
+                      "job.done", file_keys=file_keys)
     return {"ok": True, "file_keys": file_keys}
 
 

@@ -19,6 +19,7 @@ from gpu_worker.progress import ProgressPump, preview_png
 from gpu_worker.runner import JobKind, JobRun, Outcome, run_job
 from gpu_worker.validation import check_concept_tokens, key_under, validate_generate
 from kitbooth.errors import JobCancelled, NotFound
+from kitbooth.i18n import keyed, translate
 from kitbooth.render import Outgoing, generate_result, progress_text
 from storage import ArtifactNotFound, keys
 from training.compose import ConceptUse
@@ -59,7 +60,7 @@ async def _request(w: WorkerContext, p: contract.GeneratePayload, uses: list[Con
     try:
         init = png_to_image(await asyncio.to_thread(w.store.get_bytes, p.variation_of))
     except ArtifactNotFound:
-        raise NotFound("The image to vary no longer exists. Generate a new one first.") from None
+        raise keyed(NotFound, "failure.vary_image_gone") from None
     return vary(request, init.resize((p.width, p.height)), strength=p.variation_strength, seed=p.seed)
 
 
@@ -79,12 +80,11 @@ async def _instant(w: WorkerContext, p: contract.GeneratePayload) -> Any:
     if p.instant_key is None:
         return None
     if not w.settings.instant_face_adapter:
-        raise NotFound("The instant face is not available here — I'll post when your trained face is ready.")
+        raise keyed(NotFound, "failure.instant_unavailable")
     try:
         return decode_embedding(await asyncio.to_thread(w.store.get_bytes, p.instant_key))
     except (ArtifactNotFound, ValueError):
-        raise NotFound("Your instant face is not ready yet — try again in a minute, or wait for your trained "
-                       "face (I'll post when it's ready).") from None
+        raise keyed(NotFound, "failure.instant_not_ready") from None
 
 
 def _lever_fields(p: contract.GeneratePayload, request: GenerationRequest, uses: list[ConceptUse],
@@ -109,11 +109,11 @@ async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.Genera
         request = await _request(w, p, uses)
         levers = _lever_fields(p, request, uses, await _reference(w, p))
         levers["instant"] = await _instant(w, p)
-        what = "Varying" if p.variation_of else "Drawing"
+        what = translate("progress.varying" if p.variation_of else "progress.drawing", p.target.locale)
 
         def render(state: dict) -> Outgoing:
             png = preview_png(state.get("preview"))
-            return Outgoing(progress_text(f"🎨 {what}", state["step"], state["total"]),
+            return Outgoing(progress_text(f"🎨 {what}", state["step"], state["total"], locale=p.target.locale),
                             files=[("preview.png", png)] if png else [])
 
         pump = ProgressPump(w.poster, p.target, render, interval=w.progress_interval)
@@ -139,10 +139,8 @@ async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.Genera
     likeness = list(item.likeness) or None
     msg = generate_result(job_id=p.job_id, user_id=p.user_id, prompt=p.prompt, seeds=seeds,
                           pngs=[g.png for g in images], nsfw=nsfw, seconds=time.time() - run.started,
-                          likeness=likeness, preview=p.instant_key is not None)
-    res = await run.post(w, msg)
-    await run.emit(w, "job.done", posted=res.posted, output_keys=out_keys, seeds=seeds,
-                   message_id=res.message_id, nsfw=nsfw, likeness=likeness)
+                          likeness=likeness, preview=p.instant_key is not None, locale=p.target.locale)
+    res = await run.deliver(w, msg, "job.done", output_keys=out_keys, seeds=seeds, nsfw=nsfw, likeness=likeness)
     return {"ok": True, "output_keys": out_keys, "posted": res.posted}
 
 

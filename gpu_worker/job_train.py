@@ -43,6 +43,7 @@ from gpu_worker.progress import ProgressPump
 from gpu_worker.runner import JobKind, JobRun, Outcome
 from gpu_worker.validation import key_under, validate_train
 from kitbooth.errors import InvalidInput, JobCancelled
+from kitbooth.i18n import keyed, translate
 from kitbooth.render import Outgoing, concept_ready_result, progress_text
 from storage import ArtifactNotFound, keys
 
@@ -82,13 +83,15 @@ async def _train(w: WorkerContext, run: JobRun, p: contract.TrainPayload, watch:
     state = await asyncio.to_thread(load_state, w.store, p)
     images, masks = await asyncio.to_thread(load_photos, w.store, p.photo_keys)
     if not images:
-        raise InvalidInput("The training photos are gone. Upload them again with the command.")
+        raise keyed(InvalidInput, "refusal.training_photos_gone")
     if p.slice_index == 0 and p.kind == "face" and w.settings.instant_face_adapter:
         await _instant_face(w, p, images)
-    what = "🧠 Learning your face" if p.kind == "face" else f"🧠 Learning {p.name}"
+    locale = p.target.locale
+    what = translate("progress.learning_face", locale) if p.kind == "face" else \
+        translate("progress.learning_named", locale, name=p.name)
 
     def render(state_: dict) -> Outgoing:
-        return Outgoing(progress_text(what, state_["step"], state_["total"], state_.get("eta")))
+        return Outgoing(progress_text(what, state_["step"], state_["total"], state_.get("eta"), locale=locale))
 
     pump = ProgressPump(w.poster, p.target, render, interval=w.progress_interval)
 
@@ -98,7 +101,7 @@ async def _train(w: WorkerContext, run: JobRun, p: contract.TrainPayload, watch:
     s = w.settings
     work = SliceWork(payload=p, images=images, masks=masks, state=state, max_steps=s.slice_steps,
                      max_seconds=s.slice_seconds, should_stop=watch.should_stop, on_progress=on_progress,
-                     samples=s.train_samples)
+                     samples=s.train_samples, store=w.store)
 
     def on_gpu() -> Any:
         w.slices.append(("start", p.job_id, p.slice_index, time.time()))  # when the GPU takes it
@@ -162,7 +165,8 @@ async def _announce(w: WorkerContext, run: JobRun, p: contract.TrainPayload, don
             with contextlib.suppress(ArtifactNotFound):
                 samples.append(await asyncio.to_thread(w.store.get_bytes, k))
         msg = concept_ready_result(kind=p.kind, name=p.name, seconds=done["seconds"], steps=done["steps"],
-                                   size_bytes=done["size_bytes"], samples=samples)
+                                   size_bytes=done["size_bytes"], samples=samples,
+                                   locale=p.target.locale)
         res = await run.post(w, msg)
         if res.posted:
             done.update(posted=True, message_id=res.message_id)
@@ -199,7 +203,7 @@ async def _on_end(w: WorkerContext, p: contract.TrainPayload, outcome: Outcome) 
 
 def _retry_hint(p: contract.TrainPayload) -> str:
     command = "/train" if p.kind == "face" else f"/{p.kind} train"
-    return f"The photos were deleted for privacy: run {command} again to retry."
+    return translate("failure.train_retry_hint", p.target.locale, command=command)
 
 
 # A slice is bounded by slice_seconds/slice_steps but may wait behind generations and the previous slice:

@@ -11,6 +11,7 @@ from gpu_worker.job_generate import png_to_image
 from gpu_worker.runner import JobKind, JobRun
 from gpu_worker.validation import validate_upscale
 from kitbooth.errors import NotFound
+from kitbooth.i18n import keyed
 from kitbooth.render import upscale_result
 from storage import ArtifactNotFound
 
@@ -20,13 +21,12 @@ async def _body(w: WorkerContext, info: JobInfo, run: JobRun, p: contract.Upscal
     try:
         src = png_to_image(await asyncio.to_thread(w.store.get_bytes, p.source_key))
     except ArtifactNotFound:
-        raise NotFound("That image no longer exists. Generate a new one first.") from None
+        raise keyed(NotFound, "failure.image_gone") from None
     out = await w.lane.call(lambda: w.engine.upscale(src, p.prompt, p.seed), priority=PRIO_LIGHT)
     data = out.png  # a GeneratedImage: PNG with its parameters and AI-generated marks
     await asyncio.to_thread(w.store.put_bytes, p.output_key, data)
-    res = await run.post(w, upscale_result(job_id=p.job_id, png=data))
-    await run.emit(w, "job.done", posted=res.posted, output_keys=[p.output_key], seeds=[p.seed],
-                   message_id=res.message_id, nsfw=[bool(getattr(out, "nsfw", False))])
+    await run.deliver(w, upscale_result(job_id=p.job_id, png=data, locale=p.target.locale), "job.done",
+                      output_keys=[p.output_key], seeds=[p.seed], nsfw=[bool(getattr(out, "nsfw", False))])
     return {"ok": True, "output_keys": [p.output_key]}
 
 

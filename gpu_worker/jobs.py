@@ -4,6 +4,7 @@
 - generate / upscale / export (``job_generate``, ``job_upscale``, ``job_export``): seconds of work, at most
   180 s, 2 tries (outputs are overwritten, the message edit is idempotent).
 - cancel (``job_cancel``): tiny and idempotent, 30 s, 3 tries.
+- squad (``job_squad``): a squad photo, at most 240 s, 2 tries.
 The failure policy they all share is ``gpu_worker.runner``'s.
 """
 
@@ -16,12 +17,13 @@ from arq import func
 from gpu_worker.job_cancel import CANCEL
 from gpu_worker.job_export import EXPORT
 from gpu_worker.job_generate import GENERATE, generate
+from gpu_worker.job_squad import SQUAD
 from gpu_worker.job_train import TRAIN
 from gpu_worker.job_upscale import UPSCALE
 from gpu_worker.runner import TIMEOUT_MARGIN_S, JobKind, arq_function
 from kitbooth.settings import Settings
 
-KINDS: tuple[JobKind, ...] = (TRAIN, GENERATE, UPSCALE, EXPORT, CANCEL)
+KINDS: tuple[JobKind, ...] = (TRAIN, GENERATE, UPSCALE, EXPORT, CANCEL, SQUAD)
 _CUSTOM = {GENERATE.name: generate}  # generate marks itself as preparing a batch before the runner starts
 
 

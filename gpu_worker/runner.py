@@ -48,6 +48,7 @@ from gpu_worker.checkpoints import done_key
 from gpu_worker.context import JobInfo, WorkerContext, worker_context
 from gpu_worker.metrics import job_line
 from kitbooth.errors import JobCancelled, PayloadError, TransientError, UserFacingError
+from kitbooth.i18n import render_error, translate
 from kitbooth.render import Outgoing, cancelled_result, failure_result
 from kitbooth.settings import Settings
 from storage import keys
@@ -132,6 +133,7 @@ class JobRun:
     posted_ids: list[int] = dataclasses.field(default_factory=list)  # every message this run posted
     forgotten: bool = False  # the user ran /forget after this job was enqueued
     in_channel: bool = False  # final messages go to the channel, never into the (private) original reply
+    delivered: tuple[str, bool, dict] | None = None  # (event type, posted, data) once the final message is out
 
     async def check_forgotten(self, w: WorkerContext) -> bool:
         """True (and sticky) once the user's forget marker is newer than this job."""
@@ -156,6 +158,39 @@ class JobRun:
         if res.posted and res.message_id:
             self.posted_ids.append(res.message_id)
         return res
+
+    async def deliver(self, w: WorkerContext, msg: Outgoing, type_: str = "job.done", **data: Any) -> Any:
+        """Post the final message, mark the job delivered, then send its end event: exactly once even when arq
+        runs the job again after a shutdown struck between the post and the job's end (``run_job`` finds the
+        mark and only re-sends the event; the cancel path writes the mark if the shutdown hit before it)."""
+        res = await self.post(w, msg)
+        data.setdefault("message_id", res.message_id)
+        if self.posted_ids:
+            data.setdefault("message_ids", list(self.posted_ids))
+        self.delivered = (type_, bool(res.posted), data)  # no await since the post: a cancel sees it
+        await self.save_delivered(w)
+        await self.emit(w, type_, posted=res.posted, **data)
+        return res
+
+    async def save_delivered(self, w: WorkerContext) -> None:
+        if self.delivered is not None and isinstance(self.job_id, int):
+            type_, posted, data = self.delivered
+            await w.redis.set(contract.delivered_key(self.job_id),
+                              json.dumps({"type": type_, "posted": posted, "data": data}), ex=contract.DELIVERED_TTL_S)
+
+    async def redeliver(self, w: WorkerContext) -> bool:
+        """True (and the end event sent again) when an earlier try of this job already posted its result."""
+        if not isinstance(self.job_id, int):
+            return False
+        raw = await w.redis.get(contract.delivered_key(self.job_id))
+        if raw is None:
+            return False
+        mark = json.loads(raw)
+        await self.emit(w, mark["type"], posted=bool(mark["posted"]), **mark["data"])
+        self.extra = "already delivered"
+        log.info("job %s (%s) try %d: already delivered by an earlier try; its event is sent again", self.job_id,
+                 self.kind, self.job_try)
+        return True
 
     async def emit(self, w: WorkerContext, type_: str, *, posted: bool = False, **data: Any) -> None:
         """One event of this job; every event carries ``arq_id`` (the arq job that sent it)."""
@@ -224,6 +259,8 @@ async def run_job(ctx: dict, kind: JobKind, raw: Any, **kwargs: Any) -> dict:
             run.job_id, run.user_id, run.target = salvage(raw)
             raise
         run.bind(payload)
+        if await run.redeliver(w):
+            return {"ok": True, "redelivered": True}
         deadline = asyncio.timeout(kind.timeout_s(w.settings))
         try:
             async with deadline:  # cancels the body at the limit (its CancelWatch stops the GPU thread too)
@@ -233,6 +270,8 @@ async def run_job(ctx: dict, kind: JobKind, raw: Any, **kwargs: Any) -> dict:
                 raise JobTimedOut(f"ran past {kind.timeout_s(w.settings):.0f}s") from None
             raise
     except asyncio.CancelledError:
+        if run.delivered is not None:  # posted already: a rerun must find the mark (see JobRun.deliver)
+            await _shielded(run.save_delivered(w))
         if w.aborted(info.arq_id):  # Job.abort(): a cancel; arq records the abort from the re-raised error
             await _shielded(_end(w, kind, run, payload, Outcome.CANCELLED, ""))
         elif info.job_try >= kind.max_tries:  # a shutdown on the last try: arq will not run it again, say so
@@ -280,15 +319,21 @@ async def run_job(ctx: dict, kind: JobKind, raw: Any, **kwargs: Any) -> dict:
 
 
 def _reason(exc: BaseException, outcome: Outcome, run: JobRun) -> str:
-    if outcome is Outcome.FAILED:
-        return exc.message if isinstance(exc, UserFacingError) else str(exc)
+    if outcome is Outcome.FAILED:  # a keyed refusal in the member's language (DiscordTarget.locale)
+        return render_error(exc, _locale(run)) if isinstance(exc, UserFacingError) else str(exc)
+    # The *_REASON constants are these keys' English texts (kitbooth/locales/en).
+    locale = _locale(run)
     if outcome is Outcome.REJECTED:
-        return UNREADABLE_REASON
+        return translate("failure.unreadable", locale)
     if isinstance(exc, JobTimedOut):
-        return TIMEOUT_REASON.format(job_id=run.job_id)
+        return translate("failure.timeout", locale, job_id=str(run.job_id))
     if outcome is Outcome.RETRY:
-        return TRANSIENT_REASON.format(job_id=run.job_id)
-    return GENERIC_REASON.format(job_id=run.job_id if run.job_id is not None else run.arq_id)
+        return translate("failure.transient", locale, job_id=str(run.job_id))
+    return translate("failure.generic", locale, job_id=str(run.job_id if run.job_id is not None else run.arq_id))
+
+
+def _locale(run: JobRun) -> str:
+    return run.target.locale if run.target is not None else "en-US"
 
 
 def scrub(raw: Any) -> None:
@@ -311,7 +356,8 @@ async def _erase(w: WorkerContext, run: JobRun) -> None:
     if isinstance(run.user_id, int):
         await asyncio.to_thread(w.store.delete_prefix, keys.user_prefix(run.user_id))
     if isinstance(run.job_id, int):  # a training's bookkeeping (its sample keys name the user)
-        await w.redis.delete(done_key(run.job_id), contract.train_slice_key(run.job_id))
+        await w.redis.delete(done_key(run.job_id), contract.train_slice_key(run.job_id),
+                             contract.delivered_key(run.job_id))
     http = getattr(w.poster, "http", None)
     channel_id = run.target.channel_id if run.target is not None else None
     for message_id in run.posted_ids if http is not None and channel_id else ():
@@ -349,7 +395,7 @@ async def _end(w: WorkerContext, kind: JobKind, run: JobRun, payload: Any, outco
     if outcome is Outcome.DROPPED:
         return
     if outcome is Outcome.CANCELLED:
-        res = await run.post(w, cancelled_result())
+        res = await run.post(w, cancelled_result(_locale(run)))
         await run.emit(w, "job.cancelled", posted=res.posted)
         return
     if payload is not None and kind.failure_hint is not None:

@@ -31,11 +31,16 @@ class KitBoothError(Exception):
 
 
 class UserFacingError(KitBoothError):
-    """An error whose message is safe and useful to show the user as is (one or two short sentences)."""
+    """An error whose message is safe and useful to show the user as is (one or two short sentences).
 
-    def __init__(self, message: str):
+    ``key``/``fields``: the catalogue key the message was rendered from (``kitbooth.i18n.keyed`` builds such an
+    error with its English text), so the bot and the worker can show it in the member's language."""
+
+    def __init__(self, message: str, *, key: str | None = None, fields: dict | None = None):
         super().__init__(message)
         self.message = message
+        self.key = key
+        self.fields = dict(fields or {})
 
     def __str__(self) -> str:
         return self.message

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from gpu_worker.contract import button_id
+from kitbooth.i18n import ENGLISH, fmt_duration, fmt_number, translate
 
 MAX_CONTENT = 2000  # Discord's message content limit
 MAX_FILES = 10  # Discord's attachments per message
@@ -71,22 +72,21 @@ def bar(step: int, total: int, width: int = 12) -> str:
     return "▰" * filled + "▱" * (width - filled)
 
 
-def eta_text(seconds: float | None) -> str:
+def eta_text(seconds: float | None, locale: str = ENGLISH) -> str:
     if seconds is None or seconds != seconds or seconds < 0:
         return ""
-    s = int(round(seconds))
-    return f" · ~{s // 60}m{s % 60:02d}s left" if s >= 60 else f" · ~{s}s left"
+    return translate("progress.eta_left", locale, time=fmt_duration(seconds, locale))
 
 
-def result_buttons(job_id: int, owner_id: int, count: int) -> list[ButtonSpec]:
+def result_buttons(job_id: int, owner_id: int, count: int, locale: str = ENGLISH) -> list[ButtonSpec]:
     """U1-U4 on the first row; reroll, vary (first image) and delete on the second."""
     buttons = [
         ButtonSpec(f"U{i + 1}", button_id("upscale", job_id, i, owner_id), "secondary", 0) for i in range(count)
     ]
     buttons += [
-        ButtonSpec("🔁 Reroll", button_id("reroll", job_id, 0, owner_id), "primary", 1),
-        ButtonSpec("🎲 Vary", button_id("vary", job_id, 0, owner_id), "secondary", 1),
-        ButtonSpec("🗑 Delete", button_id("delete", job_id, 0, owner_id), "danger", 1),
+        ButtonSpec(translate("button.reroll", locale), button_id("reroll", job_id, 0, owner_id), "primary", 1),
+        ButtonSpec(translate("button.vary", locale), button_id("vary", job_id, 0, owner_id), "secondary", 1),
+        ButtonSpec(translate("button.delete", locale), button_id("delete", job_id, 0, owner_id), "danger", 1),
     ]
     return buttons
 
@@ -104,60 +104,68 @@ def image_name(job_id: int, index: int, ext: str = "png") -> str:
     return f"kitbooth-{int(job_id)}-{index + 1}.{ext}"
 
 
-# --- final messages ---------------------------------------------------------------------------------
-INSTANT_PREVIEW = "⚡ preview — your trained face is on its way"
+# --- final messages (``locale``: the member's language, ``DiscordTarget.locale``; prompts stay as typed) ---
+INSTANT_PREVIEW = "⚡ preview — your trained face is on its way"  # result.instant_preview in English
 
 
 def generate_result(
     *, job_id: int, user_id: int, prompt: str, seeds: list[int], pngs: list[bytes],
     nsfw: list[bool] | None = None, seconds: float | None = None, likeness: list[float | None] | None = None,
-    preview: bool = False,
+    preview: bool = False, locale: str = ENGLISH,
 ) -> Outgoing:
     """The result of ``/generate`` (and reroll/vary): each image attached as stored, with its buttons.
     ``likeness`` (best-of-N's score per image, None where no face was found) is shown as a small figure."""
     flagged = sum(bool(x) for x in (nsfw or []))
     run = bool(seeds) and seeds == list(range(seeds[0], seeds[0] + len(seeds)))  # best-of-N keeps any candidates
-    seed_text = ((f"seed {seeds[0]}" + (f"-{seeds[-1]}" if len(seeds) > 1 else "")) if run
-                 else ("seeds " + ", ".join(map(str, seeds))) if seeds else "")
+    t = translate
+    seed_text = ((t("result.seed", locale, seed=str(seeds[0])) + (f"-{seeds[-1]}" if len(seeds) > 1 else ""))
+                 if run else t("result.seeds", locale, seeds=", ".join(map(str, seeds))) if seeds else "")
     scores = [x for x in (likeness or []) if x is not None]
-    like_text = ("likeness " + " ".join("–" if x is None else f"{x:.2f}" for x in likeness or [])) if scores else ""
-    meta = " · ".join(x for x in (seed_text, like_text, f"{seconds:.1f}s" if seconds is not None else "") if x)
+    like_text = (t("result.likeness", locale, scores=" ".join(
+        "–" if x is None else fmt_number(x, locale, digits=2) for x in likeness or []))) if scores else ""
+    secs = t("result.seconds", locale, seconds=fmt_number(seconds, locale, digits=1)) if seconds is not None else ""
+    meta = " · ".join(x for x in (seed_text, like_text, secs) if x)
     lines = [f"**{escape_markdown(clip(prompt, 300))}**"] + ([meta] if meta else [])
     if preview:  # the instant face (IP-Adapter FaceID) while the trained face is still learning
-        lines.append(INSTANT_PREVIEW)
+        lines.append(t("result.instant_preview", locale))
     if flagged:
-        lines.append(f"{flagged} image(s) hidden by the safety filter.")
+        lines.append(t("result.hidden_by_filter", locale, count=flagged))
     return Outgoing(
         content="\n".join(lines),
         files=[(image_name(job_id, i), png) for i, png in enumerate(pngs)],
-        buttons=result_buttons(job_id, user_id, len(pngs)) if pngs else [],
+        buttons=result_buttons(job_id, user_id, len(pngs), locale) if pngs else [],
     )
 
 
-def upscale_result(*, job_id: int, png: bytes) -> Outgoing:
-    return Outgoing("🔍 Upscaled", files=[(f"kitbooth-{int(job_id)}-upscaled.png", png)])
+def upscale_result(*, job_id: int, png: bytes, locale: str = ENGLISH) -> Outgoing:
+    return Outgoing(translate("result.upscaled", locale), files=[(f"kitbooth-{int(job_id)}-upscaled.png", png)])
 
 
-def export_result(*, formats: list[str], files: list[tuple[str, bytes]], trigger: str = "") -> Outgoing:
-    use = f" Put `{clip(trigger, 80)}` in your prompt to use it." if trigger else ""
-    return Outgoing(f"📦 Your concept in {', '.join(formats)} format.{use}", files=list(files))
+def export_result(*, formats: list[str], files: list[tuple[str, bytes]], trigger: str = "",
+                  locale: str = ENGLISH) -> Outgoing:
+    text = translate("result.export", locale, formats=", ".join(formats))
+    if trigger:
+        text += " " + translate("result.export_trigger", locale, trigger=clip(trigger, 80))
+    return Outgoing(text, files=list(files))
 
 
 def concept_ready_result(*, kind: str, name: str, seconds: float | None, steps: int | None,
-                         size_bytes: int | None, samples: list[bytes]) -> Outgoing:
-    what = "your face" if kind == "face" else (name or f"the new {kind}")
-    facts = []
-    if seconds is not None:
-        facts.append(f"in {seconds:.0f}s")
-    details = ", ".join(x for x in (f"{steps} steps" if steps else "",
-                                   f"{size_bytes / 1e6:.1f} MB" if size_bytes else "") if x)
-    text = f"✅ I learned {what}" + (f" {facts[0]}" if facts else "") + (f" ({details})" if details else "")
-    return Outgoing(text + ". Try `/generate` now!",
+                         size_bytes: int | None, samples: list[bytes], locale: str = ENGLISH) -> Outgoing:
+    t = translate
+    what = t("ready.your_face", locale) if kind == "face" else (name or t(f"ready.new_{kind}", locale))
+    when = " " + t("ready.in_time", locale, time=fmt_duration(seconds, locale)) if seconds is not None else ""
+    details = ", ".join(x for x in (t("ready.steps", locale, steps=steps) if steps else "",
+                                   t("ready.megabytes", locale, size=fmt_number(size_bytes / 1e6, locale, digits=1))
+                                   if size_bytes else "") if x)
+    # One sentence per language, so each puts the time where its grammar wants it ("… in 42 s gelernt").
+    text = t("ready.learned", locale, what=what, when=when, details=f" ({details})" if details else "")
+    return Outgoing(text + " " + t("ready.try_generate", locale),
                     files=[(f"sample-{i + 1}.png", png) for i, png in enumerate(samples)])
 
 
-def progress_text(what: str, step: int, total: int, eta: float | None = None, extra: str = "") -> str:
-    return f"{what} {bar(step, total)} {step}/{total}{eta_text(eta)}{extra}"
+def progress_text(what: str, step: int, total: int, eta: float | None = None, extra: str = "",
+                  locale: str = ENGLISH) -> str:
+    return f"{what} {bar(step, total)} {step}/{total}{eta_text(eta, locale)}{extra}"
 
 
 def failure_text(reason: str) -> str:
@@ -165,8 +173,9 @@ def failure_text(reason: str) -> str:
 
 
 def failure_result(reason: str) -> Outgoing:
+    """``reason`` is already in the member's language (``kitbooth.i18n.render_error`` in the runner)."""
     return Outgoing(failure_text(reason))
 
 
-def cancelled_result() -> Outgoing:
-    return Outgoing("Cancelled.")
+def cancelled_result(locale: str = ENGLISH) -> Outgoing:
+    return Outgoing(translate("result.cancelled", locale))

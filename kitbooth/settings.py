@@ -55,6 +55,9 @@ class Settings(BaseSettings):
         768, ge=1, description="Text-encoder width of the base model (768 for SD 1.5); imports are checked against it."
     )
     rate_limit_s: float = Field(3.0, ge=0, description="Seconds a member waits between two image requests (0: none).")
+    squad_invite_timeout_s: float = Field(
+        600.0, gt=0, description="Seconds the members named in a /squad have to approve it; then it is cancelled."
+    )
     generate_steps: int | None = Field(None, ge=1, description="Denoising steps of every generate job; None: 25.")
     generate_side: int | None = Field(
         None, ge=64, description="Width and height of every generate job (e.g. 64 on the tiny model); None: the shape's."
@@ -99,6 +102,10 @@ class Settings(BaseSettings):
     concept_cache: int = Field(64, ge=1, description="Parsed concept files kept in worker memory (LRU).")
     sample_steps: int = Field(20, ge=1, description="Denoising steps of the sample images posted after training.")
     train_samples: int = Field(2, ge=0, le=4, description="Sample images posted when a training finishes.")
+    dreambooth_class_images: int = Field(
+        100, ge=1, le=1000, description="DreamBooth's prior-preservation images per base model and class word."
+    )
+    dreambooth_class_steps: int = Field(25, ge=1, le=150, description="Denoising steps of each DreamBooth class image.")
     retry_defer_s: float = Field(
         2.0, ge=0, description="First delay before a job hit by a transient error runs again (doubles per try)."
     )

@@ -7,6 +7,8 @@ object or the new one, never a partial file.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
 import shutil
@@ -105,6 +107,9 @@ class ArtifactStore(ABC):
         return dest
 
 
+WRITE_REFUSED = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}  # the disk, not the request
+
+
 class _atomic_writer:
     """Write to a temp file beside ``dest`` and ``os.replace`` it into place on success only."""
 
@@ -121,6 +126,7 @@ class _atomic_writer:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._tmp is not None
+        failed = exc
         try:
             if exc_type is None:
                 self._tmp.flush()
@@ -128,9 +134,17 @@ class _atomic_writer:
             self._tmp.close()
             if exc_type is None:
                 os.replace(self._name, self.dest)
+        except OSError as err:
+            failed = err
+            with contextlib.suppress(OSError):
+                self._tmp.close()
+            if exc_type is not None or err.errno not in WRITE_REFUSED:
+                raise
         finally:
             if os.path.exists(self._name):
                 os.unlink(self._name)
+        if isinstance(failed, OSError) and failed.errno in WRITE_REFUSED:  # a full disk: retried, then a message
+            raise StoreUnavailable(f"the artifact store refused a write: {os.strerror(failed.errno)}") from failed
 
 
 class LocalArtifactStore(ArtifactStore):

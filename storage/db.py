@@ -2,7 +2,10 @@
 
 Migrations are ``storage/migrations/NNNN_name.sql``; ``PRAGMA user_version`` records the last one applied.
 Each migration runs in its own transaction together with the version bump, so a failing migration leaves
-the database at the previous version.
+the database at the previous version. A migration that rebuilds a table (SQLite cannot alter a CHECK constraint)
+starts with ``-- kitbooth: foreign_keys off``: it then runs with foreign keys off — else dropping the old table
+would cascade to its children — and ``PRAGMA foreign_key_check`` must find nothing before it commits (SQLite's
+documented procedure, https://sqlite.org/lang_altertable.html#otheralter).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import aiosqlite
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+FOREIGN_KEYS_OFF = "-- kitbooth: foreign_keys off"
 
 
 @dataclass(frozen=True)
@@ -64,15 +68,25 @@ async def migrate(conn: aiosqlite.Connection) -> int:
         if mig.version <= current:
             continue
         log.info("applying migration %s", mig.name)
+        fk_off = mig.sql.startswith(FOREIGN_KEYS_OFF)
+        if fk_off:  # only outside a transaction does this pragma take effect
+            await conn.execute("PRAGMA foreign_keys = OFF")
         await conn.execute("BEGIN IMMEDIATE")
         try:
             for stmt in _statements(mig.sql):
                 await conn.execute(stmt)
+            if fk_off:
+                async with conn.execute("PRAGMA foreign_key_check") as cur:
+                    if await cur.fetchall():
+                        raise RuntimeError(f"migration {mig.name} left rows pointing at nothing")
             await conn.execute(f"PRAGMA user_version = {mig.version}")
             await conn.commit()
         except Exception:
             await conn.rollback()
             raise
+        finally:
+            if fk_off:
+                await conn.execute("PRAGMA foreign_keys = ON")
         current = mig.version
     return current
 

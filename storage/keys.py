@@ -88,3 +88,11 @@ def guild_checkpoint_prefix(guild_id: int, concept_id: int) -> str:
 
 def preview_key(guild_id: int, kit_id: int) -> str:
     return f"{guild_prefix(guild_id)}previews/{_id(kit_id)}.png"
+
+
+def class_images_prefix(digest: str) -> str:
+    """DreamBooth's shared class images (``training.dreambooth_prior``): the base model's own drawings of a class
+    word, no user's data, so under no user's prefix and reused by everyone. ``digest`` is a hex string."""
+    if not digest or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError("class-image digest must be lowercase hex")
+    return f"shared/class-images/{digest}/"

@@ -66,7 +66,8 @@ class CatalogueQueries(RepositoryCore):
         return row_to(GuildSettings, row)  # type: ignore[return-value]
 
     async def update_guild_settings(self, guild_id: int, **changes: Any) -> GuildSettings:
-        allowed = {"daily_quota", "train_role_ids", "nsfw_policy", "catalogue_seeded_at", "best_of"}
+        allowed = {"daily_quota", "train_role_ids", "nsfw_policy", "catalogue_seeded_at", "best_of",
+                   "allow_dreambooth"}
         bad = set(changes) - allowed
         if bad:
             raise ValueError(f"cannot update guild settings {sorted(bad)}")

@@ -114,10 +114,10 @@ class JobQueries(RepositoryCore):
         return [row_to(Output, r) for r in await self._all(sql, (*params, limit))]  # type: ignore[misc]
 
     async def count_images_since(self, user_id: int, since: str, *, guild_id: int | None = None) -> int:
-        """Images requested since ``since`` (generate jobs count their ``count``, upscales count 1);
+        """Images requested since ``since`` (generate jobs count their ``count``, upscales and squads 1);
         failed and cancelled jobs do not count. With ``guild_id``: that guild's images, all users."""
         where, params = ["created_at >= ?", "status NOT IN ('failed', 'cancelled')",
-                         "kind IN ('generate', 'vary', 'reroll', 'upscale')"], [since]
+                         "kind IN ('generate', 'vary', 'reroll', 'upscale', 'squad')"], [since]
         if guild_id is None:
             where.append("user_id = ?")
             params.append(user_id)

@@ -13,6 +13,7 @@ from storage.repo_faces import FaceQueries
 from storage.repo_jobs import JobQueries
 from storage.repo_messages import MessageQueries
 from storage.repo_people import PeopleQueries
+from storage.repo_squads import SquadQueries
 from storage.rows import (
     ACTIVE_JOB_STATUSES,
     Concept,
@@ -29,7 +30,7 @@ from storage.rows import (
 )
 
 
-class Database(PeopleQueries, CatalogueQueries, JobQueries, FaceQueries, MessageQueries):
+class Database(PeopleQueries, CatalogueQueries, JobQueries, FaceQueries, MessageQueries, SquadQueries):
     """The repository. Create with ``await Database.open(path)``; close with ``await db.close()``."""
 
 

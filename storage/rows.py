@@ -110,6 +110,7 @@ class GuildSettings:
     nsfw_policy: dict[str, str]
     catalogue_seeded_at: str | None
     best_of: int | None = None  # best-of-N candidates per image shown (NULL = default 2; 1 = off)
+    allow_dreambooth: bool = False  # members may train their face with DreamBooth (0006; kits/styles always may)
 
 
 T = TypeVar("T")
@@ -124,6 +125,8 @@ def row_to(cls: type[T], row: aiosqlite.Row | None) -> T | None:
         value = row[f.name]
         if f.name in _JSON_FIELDS:
             value = json.loads(value)
+        elif f.type == "bool" and value is not None:  # SQLite stores 0/1
+            value = bool(value)
         data[f.name] = value
     return cls(**data)
 

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_dbs import area_redis_url
+from tests.reliability import figures as reliability_figures
+
 ROOT = Path(__file__).resolve().parent.parent
 # One cache for the whole run (and across runs): building the tiny model takes a few seconds.
 CACHE = Path(os.environ.get("KITBOOTH_TEST_CACHE", ROOT / ".pytest_cache" / "kitbooth"))
-TEST_REDIS_URL = os.environ.get("KITBOOTH_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_REDIS_URL = area_redis_url("KITBOOTH_TEST_REDIS_URL", 15)
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +53,24 @@ async def db(tmp_path):
         yield database
     finally:
         await database.close()
+
+
+# The reliability suites' figures: one line per suite at the end of the run. Under pytest-xdist each worker sends
+# its figures to the controller (workeroutput), which prints them.
+def pytest_sessionfinish(session):
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["reliability_figures"] = reliability_figures.export()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    reliability_figures.merge(getattr(node, "workeroutput", {}).get("reliability_figures", {}))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = reliability_figures.summary_lines()
+    if lines:
+        terminalreporter.write_sep("-", "reliability figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -4,6 +4,8 @@ File layout (all tensors fp16):
     ``embeddings``               (len(tokens), hidden_size) TI vectors, when the concept has them
     ``unet.<peft key>``          UNet LoRA, keys as ``peft.get_peft_model_state_dict`` gives them
     ``text_encoder.<peft key>``  text-encoder LoRA (rare)
+    ``hypernetwork.<size>.<0|1>.<key>``  a hypernetwork's K/V MLPs (``training.hypernetwork``), with its A1111
+                                 structure fields as JSON in ``__metadata__["hypernetwork"]``
 ``__metadata__`` (all strings): ``format`` = "kitbooth.concept", ``format_version``, ``kind``, ``method``,
 ``base_model``, ``hidden_size``, ``tokens`` (JSON list), ``rank``, ``alpha`` ("" when no LoRA), ``steps``,
 ``created``, ``version`` (KitBooth's), ``extra`` (JSON object of strings).
@@ -50,7 +52,7 @@ _LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<ab>lora_A|lora_B)\.weight$")
 @dataclass
 class ConceptArtifact:
     kind: Literal["face", "kit", "style"]
-    method: Literal["pivotal", "lora", "ti", "imported"]
+    method: Literal["pivotal", "lora", "ti", "imported", "dreambooth", "hypernetwork"]
     base_model: str
     hidden_size: int
     tokens: list[str]
@@ -63,6 +65,8 @@ class ConceptArtifact:
     created: str
     version: str
     extra: dict[str, str] = field(default_factory=dict)
+    hypernetwork: dict[str, torch.Tensor] = field(default_factory=dict)  # "<size>.<0|1>.<key>" (method hypernetwork)
+    hyper_structure: dict | None = None  # A1111's structure fields (training.hypernetwork.structure_of)
 
     @property
     def trigger(self) -> str:
@@ -76,7 +80,7 @@ class ConceptArtifact:
     @property
     def num_parameters(self) -> int:
         n = self.embeddings.numel() if self.embeddings is not None else 0
-        return n + sum(t.numel() for d in (self.unet_lora, self.text_lora) for t in d.values())
+        return n + sum(t.numel() for d in (self.unet_lora, self.text_lora, self.hypernetwork) for t in d.values())
 
     @property
     def lora_scale(self) -> float:
@@ -93,11 +97,13 @@ def artifact_tensors(art: ConceptArtifact) -> dict[str, torch.Tensor]:
         out["embeddings"] = art.embeddings
     out.update({f"unet.{k}": v for k, v in art.unet_lora.items()})
     out.update({f"text_encoder.{k}": v for k, v in art.text_lora.items()})
+    out.update({f"hypernetwork.{k}": v for k, v in art.hypernetwork.items()})
     return {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in out.items()}
 
 
 def artifact_metadata(art: ConceptArtifact) -> dict[str, str]:
-    return {
+    hyper = {} if art.hyper_structure is None else {"hypernetwork": json.dumps(art.hyper_structure, sort_keys=True)}
+    return {**hyper,
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "kind": art.kind,
@@ -163,7 +169,7 @@ def load_artifact(src: str | Path | bytes, base: BaseModel | None = None) -> Con
             data, name = Path(src).read_bytes(), Path(src).name
         except OSError as exc:
             raise IncompatibleArtifact(f"Cannot read the concept file ({exc.strerror or 'unreadable'}).") from None
-    cf = read_concept(data, base, filename=name)
+    cf = read_concept(data, base, filename=name, max_bytes=limits.DELTA_FILE_BYTES)  # our own: a delta may be big
     if cf.layout != "kitbooth":
         raise IncompatibleArtifact(NOT_OWN)
     return artifact_from_file(cf)
@@ -187,6 +193,7 @@ def artifact_from_file(cf: ConceptFile) -> ConceptArtifact:
         unet_lora=lora["unet"], text_lora=lora["text"], rank=own["rank"], alpha=own["alpha"],  # type: ignore[arg-type]
         steps=int(own["steps"]), created=str(own["created"]), version=str(own["version"]),  # type: ignore[call-overload]
         extra=dict(own["extra"]),  # type: ignore[call-overload]
+        hypernetwork={k: _tensor(v) for k, v in cf.hypernetwork.items()}, hyper_structure=cf.hyper_structure,
     )
     validate(art)
     return art
@@ -226,8 +233,12 @@ def validate(art: ConceptArtifact) -> None:
             raise bad(f"embeddings have shape {shape}, expected ({len(art.tokens)}, {art.hidden_size})")
         if not torch.isfinite(art.embeddings).all():
             raise bad("embeddings contain NaN or infinite values")
-    if art.embeddings is None and not art.has_lora:
+    if art.embeddings is None and not art.has_lora and not art.hypernetwork:
         raise bad("concept has neither embeddings nor LoRA weights")
+    if bool(art.hypernetwork) != (art.hyper_structure is not None):
+        raise bad("hypernetwork weights without their structure (or a structure without weights)")
+    if art.hypernetwork and not all(torch.isfinite(t).all() for t in art.hypernetwork.values()):
+        raise bad("hypernetwork weights contain NaN or infinite values")
     for where, sd in (("UNet", art.unet_lora), ("text encoder", art.text_lora)):
         _validate_lora(sd, art.rank, where)
 

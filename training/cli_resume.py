@@ -17,7 +17,7 @@ import torch
 from training import checkpoint as ckpt
 from training.cli_checks import BadArgument
 from training.config import TrainConfig
-from training.loop import _RESUME_FREE
+from training.sliced_trainer import RESUME_FREE
 
 # What Trainer.load_state_dict reads, and the type each must have.
 FIELDS: dict[str, type | tuple[type, ...]] = {
@@ -49,7 +49,7 @@ def check_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
         theirs = TrainConfig.from_json(state["config"])
     except (ValueError, TypeError, KeyError, json.JSONDecodeError):
         raise unusable(path, "its training settings are unreadable") from None
-    diff = sorted(k for k, v in vars(config).items() if k not in _RESUME_FREE and getattr(theirs, k, None) != v)
+    diff = sorted(k for k, v in vars(config).items() if k not in RESUME_FREE and getattr(theirs, k, None) != v)
     if diff:
         raise unusable(path, f"it was made with other settings: {', '.join(diff[:4])}")
     if not 0 <= state["step"] <= config.steps:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 from pathlib import Path
 from typing import Any
 
+from kitbooth import limits
 from training import cli_checks as check
 from training import cli_levers
 
@@ -99,10 +101,10 @@ def _generate(args: argparse.Namespace, settings: Any) -> int:
 
     try:
         for f in args.concept:  # before the slow model load: each file through the validator (structure)
-            community_note(f, import_file(Path(f), kind=None))
+            community_note(f, import_file(Path(f), kind=None, max_bytes=limits.DELTA_FILE_BYTES))
         pipe, composer = _load(args, settings)
         # ... and against the loaded model's own layer table, as the worker does
-        uses = [ConceptUse(str(Path(f).resolve()), import_file(Path(f), kind=None, pipe=pipe), w)
+        uses = [ConceptUse(str(Path(f).resolve()), import_file(Path(f), kind=None, pipe=pipe, max_bytes=limits.DELTA_FILE_BYTES), w)
                 for f, w in zip(args.concept, args.weight or [1.0] * len(args.concept), strict=True)]
         seed = args.seed if args.seed is not None else random.randrange(2**32)
         req = GenerationRequest(args.prompt, uses, seed=seed, count=args.count, width=args.size, height=args.size,
@@ -169,6 +171,11 @@ def full_size_parameters(art: Any, hidden_size: int = 768) -> int:
     from training.models import SD15_TEXT, SD15_UNET
 
     n = art.embeddings.shape[0] * hidden_size if art.embeddings is not None else 0
+    if art.hypernetwork:  # a K/V pair per width, at SD 1.5's cross-attention width
+        from training.hypernetwork_layout import module_shapes
+
+        widths = {k.split(".", 1)[0] for k in art.hypernetwork}
+        n += len(widths) * 2 * sum(math.prod(s) for s in module_shapes(hidden_size, art.hyper_structure).values())
     for sd, which in ((art.unet_lora, "unet"), (art.text_lora, "text")):
         if not sd:
             continue
@@ -210,7 +217,7 @@ def _inspect(args: argparse.Namespace, settings: Any) -> int:
 
     path = Path(args.file)
     try:
-        art = import_file(path, kind=None)
+        art = import_file(path, kind=None, max_bytes=limits.DELTA_FILE_BYTES)
         community_note(path, art)
     except (UserFacingError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -225,6 +232,15 @@ def _inspect(args: argparse.Namespace, settings: Any) -> int:
         "rank": art.rank, "alpha": art.alpha, "steps": art.steps, "created": art.created, "version": art.version,
         "parameters": art.num_parameters, "extra": art.extra,
     }
+    if art.method == "dreambooth":
+        from training.svd_delta import describe
+
+        info["dreambooth"] = describe(art.extra)
+    if art.hypernetwork:
+        from training.hypernetwork_layout import describe as describe_hypernetwork
+
+        info["hypernetwork"] = describe_hypernetwork(art.hyper_structure or {}, art.hypernetwork,
+                                                     art.extra.get("name", ""))
     full = full_size_parameters(art)
     info["full_size_parameters"] = full
     info["full_size_bytes_fp16"] = full * 2
@@ -234,7 +250,7 @@ def _inspect(args: argparse.Namespace, settings: Any) -> int:
 
             pipe = load_base_pipeline(args.base_model, device=args.device, offline=settings.offline,
                                       safety_checker=False)
-            import_file(path, kind=None, pipe=pipe)  # the validator against that model's layers, as the worker
+            import_file(path, kind=None, pipe=pipe, max_bytes=limits.DELTA_FILE_BYTES)  # the validator against that model's layers, as the worker
             info["compatible"] = {"base_model": args.base_model, "ok": True}
         except UserFacingError as exc:
             info["compatible"] = {"base_model": args.base_model, "ok": False, "reason": str(exc)}

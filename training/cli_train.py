@@ -19,8 +19,9 @@ from pathlib import Path
 from kitbooth import limits
 from training import cli_checks as check
 from training.cli_checks import IMAGE_SUFFIXES
+from training.config import METHODS
 
-__all__ = ["IMAGE_SUFFIXES", "checkpoint_path", "read_photo_dir", "register"]
+__all__ = ["IMAGE_SUFFIXES", "checkpoint_path", "load_pipeline", "read_photo_dir", "register"]
 
 EXIT_TOO_FEW_PHOTOS = 1
 EXIT_BAD_INPUT = check.EXIT_BAD_INPUT
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     check.one_line_errors(p, "train")
     p.add_argument("--photos", required=True, type=Path, help="folder of photos (JPEG, PNG, WebP, ...)")
     p.add_argument("--kind", required=True, choices=("face", "kit", "style"))
-    p.add_argument("--method", choices=("pivotal", "lora", "ti"), help="default: pivotal for faces, lora otherwise")
+    p.add_argument("--method", choices=METHODS, help="default: pivotal for faces, lora otherwise")
     p.add_argument("--out", required=True, type=Path, help="concept file to write (.safetensors)")
     p.add_argument("--base-model", help="hub id, local diffusers folder or .safetensors (default: settings)")
     p.add_argument("--steps", type=int, help="training steps (default per kind)")
@@ -44,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 50)")
     p.add_argument("--resume", action="store_true", help="continue from FILE.ckpt when it exists")
     p.add_argument("--slice-steps", type=int, help="train at most N steps now, checkpoint, exit 3")
+    db = p.add_argument_group("DreamBooth (--method dreambooth; --rank is the stored delta's SVD rank)")
+    db.add_argument("--class-images", type=int, help="prior-preservation class images (default 100; cached)")
+    db.add_argument("--prior-loss-weight", type=float, help="weight of the class images' loss (default 1)")
+    db.add_argument("--train-text-encoder", action="store_true", help="fine-tune the text encoder too")
+    db.add_argument("--full-delta", action="store_true", help="kit/style: keep the whole delta (no truncation)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda (default: settings)")
     p.add_argument("--dtype", default=None, help="auto, float16, bfloat16 or float32 (default: settings)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -72,6 +78,8 @@ def check_args(args: argparse.Namespace) -> None:
     check.seed(args.seed)
     check.integer(args.checkpoint_every, "--checkpoint-every", 1, limits.TRAIN_STEPS_MAX)
     check.integer(args.slice_steps, "--slice-steps", 1, limits.TRAIN_STEPS_MAX)
+    check.integer(args.class_images, "--class-images", 1, 1000)
+    check.real(args.prior_loss_weight, "--prior-loss-weight", 0.0, 100.0)
 
 
 def _check_photos(kind: str, photos: list[tuple[str, bytes]], resolution: int):
@@ -89,7 +97,9 @@ def _train(args: argparse.Namespace, settings) -> int:
     try:
         config = default_config(args.kind, method=args.method, steps=args.steps, resolution=args.resolution,
                                 batch_size=args.batch_size, rank=args.rank, seed=args.seed,
-                                checkpoint_every=args.checkpoint_every)
+                                checkpoint_every=args.checkpoint_every, num_class_images=args.class_images,
+                                prior_loss_weight=args.prior_loss_weight, full_delta=args.full_delta or None,
+                                train_text_encoder=args.train_text_encoder or None)
     except ValueError as exc:
         raise check.BadArgument(f"{exc} — check the training options.") from None
     ckpt = checkpoint_path(args.out)
@@ -119,11 +129,11 @@ def _run_training(args: argparse.Namespace, settings, config, photos) -> int:
     from kitbooth.errors import UserFacingError
     from training.artifact import save_artifact, write_atomic
     from training.cli_resume import unusable
-    from training.loop import Trainer
+    from training.trainers import trainer_from_photos
 
     ref = args.base_model or settings.base_model
     try:
-        pipe = _load_pipeline(ref, device=args.device or settings.device, dtype=args.dtype or settings.dtype,
+        pipe = load_pipeline(ref, device=args.device or settings.device, dtype=args.dtype or settings.dtype,
                               offline=settings.offline)
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -139,7 +149,8 @@ def _run_training(args: argparse.Namespace, settings, config, photos) -> int:
         bar.set_postfix(loss=f"{p.loss:.4f}", refresh=False)
         bar.refresh()
 
-    trainer = Trainer.from_photos(pipe, photos, config, base_model_id=str(ref), progress=on_progress,
+    store = class_image_store(settings) if config.method == "dreambooth" else None
+    trainer = trainer_from_photos(pipe, photos, config, base_model_id=str(ref), progress=on_progress, store=store,
                                   should_stop=stop.is_set, on_checkpoint=lambda _s, blob: write_atomic(ckpt, blob))
     if args.resume and ckpt.is_file():
         try:
@@ -168,7 +179,8 @@ def _run_training(args: argparse.Namespace, settings, config, photos) -> int:
                 why = "interrupted" if trainer.stopped else "paused"
                 print(f"{why} at step {trainer.step}/{config.steps}; checkpoint {ckpt} — continue with --resume")
                 return 130 if trainer.stopped else EXIT_NOT_FINISHED
-            data = save_artifact(trainer.artifact(), args.out)
+            art = trainer.artifact()
+            data = save_artifact(art, args.out)
     finally:
         bar.close()
         if previous is not None:
@@ -176,10 +188,26 @@ def _run_training(args: argparse.Namespace, settings, config, photos) -> int:
     ckpt.unlink(missing_ok=True)
     print(f"wrote {args.out} ({len(data):,} bytes, {config.steps} steps, {elapsed:.1f}s, {rate:.1f} steps/s, "
           f"final loss {trainer.last_loss:.4f})")
+    extra = art.extra if config.method == "dreambooth" else {}
+    if extra:
+        print(f"delta: rank {extra['delta_rank']} on {extra['delta_layers']} layers, relative reconstruction error "
+              f"{float(extra['delta_rel_error']):.4f}, {len(data):,} bytes (the full delta: "
+              f"{int(extra['delta_full_bytes_fp16']):,} bytes in fp16)")
     return 0
 
 
-def _load_pipeline(ref: str, *, device: str, dtype: str, offline: bool):
+def class_image_store(settings):
+    """The artifact store the worker uses too, so DreamBooth's class images are shared (None: unreachable)."""
+    from storage import StorageError, open_store
+
+    try:
+        return open_store(settings)
+    except (StorageError, OSError) as exc:
+        print(f"note: no artifact store ({exc}); class images are drawn for this run only", file=sys.stderr)
+        return None
+
+
+def load_pipeline(ref: str, *, device: str, dtype: str, offline: bool):
     """The base pipeline via ``training.models`` (hub id, folder or single file)."""
     from training.models import load_base_pipeline
 

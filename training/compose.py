@@ -5,17 +5,21 @@ Cheap per job, unlike diffusers' ``load_textual_inversion``/``load_lora_weights`
 * **TI slots** (:mod:`training.ti_slots`): a pool of placeholder tokens added once; composing writes each
   concept's vectors into free rows and rewrites each request's prompt to its own slots.
 * **Resident LoRA adapters** (:mod:`training.lora_residency`): injected once per concept, kept in a bounded LRU.
+* **Hypernetworks** (A1111's, :mod:`training.hypernetwork`): built once per concept (bounded like the LoRAs) and
+  applied by forward pre-hooks on each attention's ``to_k``/``to_v`` to the context rows of the requests that use
+  them, at the concept's weight as A1111's strength; the hooks are the only change, removed on exit.
 * **Per-sample adapters** (:mod:`training.composition`): when every request of the batch uses the same adapters
   with the same weights they are activated the way peft's ``set_adapters(names, weights)`` does; when requests
   differ a per-row forward hook applies each adapter to its own rows only. So any mix of concepts can share
   one pipeline call and :meth:`Composer.can_batch` only has to check the slot pool.
 
 On exit (always, in ``finally``) the slot rows are zeroed, every LoRA layer is disabled and the hooks are
-removed: the pipeline's output is bit-identical to the base pipeline's.
+removed (the hypernetworks' too): the pipeline's output is bit-identical to the base pipeline's.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from typing import Any
 from kitbooth.errors import IncompatibleArtifact
 from training.artifact import check_compatible
 from training.composition import Composition
+from training.hypernetwork import attention_modules, check_fits, network_from
 from training.lora_residency import ResidentLoras, lora_targets
 from training.ti_slots import SLOT_PREFIX, SlotPool
 
@@ -49,6 +54,7 @@ class Composer:
         self._active: Composition | None = None
         self._slots = SlotPool(pipe.tokenizer, pipe.text_encoder, slots)
         self._loras = ResidentLoras(pipe.unet, pipe.text_encoder, lora_cache)
+        self._nets: OrderedDict[str, tuple[Any, Any]] = OrderedDict()  # key -> (artifact, Hypernetwork)
         self.slot_tokens = self._slots.tokens
         self.slot_ids = self._slots.ids
         self.hidden_size = self._slots.hidden_size
@@ -97,6 +103,8 @@ class Composer:
                 raise IncompatibleArtifact(
                     f"This concept's embeddings have shape {tuple(e.shape)}; expected ({len(art.tokens)}, {self.hidden_size})."
                 )
+        if getattr(art, "hypernetwork", None):
+            check_fits(self._network(use), self.pipe.unet)
         for part, sd in (("unet", art.unet_lora), ("text", art.text_lora)):
             for name, (a, b) in lora_targets(sd or {}).items():
                 mod = self._loras.find(part, name)
@@ -130,6 +138,7 @@ class Composer:
         try:
             self._slots.write(per_request, comp.rewrites, written)
             self._activate_loras(comp, hooks)
+            self._activate_hypernetworks(comp, hooks)
             yield comp
         finally:
             self._restore(written, hooks)
@@ -165,6 +174,33 @@ class Composer:
             hook = comp.hook(part)
             for layer in layers[part]:
                 hooks.append(layer.register_forward_hook(hook))
+
+    def _network(self, use: ConceptUse) -> Any:
+        """The concept's ``Hypernetwork`` on the pipeline's device, built once per artifact (LRU)."""
+        hit = self._nets.get(use.key)
+        if hit is not None and hit[0] is use.artifact:
+            self._nets.move_to_end(use.key)
+            return hit[1]
+        art = use.artifact
+        net = network_from(art.hypernetwork, art.hyper_structure, name=use.key).to(self.pipe.unet.device)
+        self._nets[use.key] = (art, net)
+        while len(self._nets) > self.lora_cache:
+            self._nets.popitem(last=False)
+        return net
+
+    def _activate_hypernetworks(self, comp: Composition, hooks: list[Any]) -> None:
+        nets: dict[str, Any] = {}
+        for i, uses in enumerate(comp.per_request):
+            for u in uses:
+                if getattr(u.artifact, "hypernetwork", None):
+                    nets.setdefault(u.key, self._network(u))
+                    comp.hypernets[i][u.key] = comp.hypernets[i].get(u.key, 0.0) + float(u.weight)
+        if not nets:
+            return
+        for module in attention_modules(self.pipe.unet):
+            for which, proj in ((0, module.to_k), (1, module.to_v)):
+                if proj is not None:
+                    hooks.append(proj.register_forward_pre_hook(comp.hyper_hook(nets, which)))
 
     def _restore(self, written: list[int], hooks: list[Any]) -> None:
         for h in hooks:

@@ -29,6 +29,8 @@ class Composition:
         self.rewrites: list[list[tuple[re.Pattern[str], str]]] = [[] for _ in per_request]
         # request index -> {adapter name: weight}
         self.adapters: list[dict[str, float]] = [{} for _ in per_request]
+        # request index -> {hypernetwork concept key: strength} (applied by hyper_hook, in this order)
+        self.hypernets: list[dict[str, float]] = [{} for _ in per_request]
         self.mixed = False
         self.text_lora = False
         self._text_rows: list[int] = list(range(len(per_request)))
@@ -50,15 +52,49 @@ class Composition:
             self._unet_rows = list(unet)
         self._sel_cache.clear()
 
-    def _row_weights(self, adapter: str, rows: list[int], n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _row_weights(self, adapter: str, rows: list[int], n: int,
+                     table: list[dict[str, float]] | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        table = self.adapters if table is None else table
         if n % len(rows):
             raise RuntimeError(f"batch of {n} rows does not match the {len(rows)} rows set on the composition")
         rows = rows * (n // len(rows))  # CFG: [uncond rows..., cond rows...]
-        idx = [j for j, r in enumerate(rows) if adapter in self.adapters[r]]
+        idx = [j for j, r in enumerate(rows) if adapter in table[r]]
         if not idx:
             return None
-        w = [self.adapters[rows[j]][adapter] for j in idx]
+        w = [table[rows[j]][adapter] for j in idx]
         return torch.tensor(idx), torch.tensor(w)
+
+    def hyper_hook(self, nets: dict[str, Any], which: int):
+        """A forward pre-hook for a UNet attention's ``to_k`` (``which=0``) or ``to_v`` (1): each hypernetwork
+        (``training.hypernetwork.Hypernetwork``, by concept key) transforms the context rows of the requests that
+        use it, at their strength — A1111's ``context + mlp(context) * strength``; other rows are untouched."""
+        cache = self._sel_cache
+
+        def hook(_module: Any, args: tuple) -> tuple | None:
+            if not args or not isinstance(args[0], torch.Tensor):
+                return None
+            x = args[0]
+            n = x.shape[0]
+            for key, net in nets.items():
+                cache_key = ("_hyper", key, n)
+                if cache_key not in cache:
+                    cache[cache_key] = self._row_weights(key, self._unet_rows, n, self.hypernets)
+                sel = cache[cache_key]
+                pair = net.pair(int(x.shape[-1])) if sel is not None else None
+                if pair is None:
+                    continue
+                idx, w = sel
+                if len(idx) == n and bool((w == w[0]).all()):  # every row, one strength: A1111's own call
+                    x = net.transform(x, which, float(w[0]))
+                    continue
+                mlp = pair[which].linear
+                dtype = next(mlp.parameters()).dtype
+                xs = x.index_select(0, idx.to(x.device)).to(dtype)
+                ys = xs + mlp(xs) * w.to(x.device, dtype).view(-1, *([1] * (x.dim() - 1)))
+                x = x.index_copy(0, idx.to(x.device), ys.to(x.dtype))
+            return (x, *args[1:])
+
+        return hook
 
     def hook(self, part: str):
         """A forward hook for every LoRA layer of ``part`` ("unet" or "text") of a mixed batch."""

@@ -17,6 +17,10 @@ kohya-lora      ``lora_unet_<path>`` / ``lora_te_text_model_<path>`` ``.lora_dow
                 (LoCon conv layers included), optionally one ``bundle_emb.<name>.string_to_param.*`` embedding
 diffusers-lora  ``unet.<path>.lora.down/up.weight``, peft ``lora_A/B``, old ``processor.to_q_lora`` keys,
                 ``text_encoder.<path>...``; ``lora_adapter_metadata`` may carry the alpha
+a1111-hypernet  an A1111 hypernetwork: its ``.pt`` (read without torch by ``training.torch_pickle``, an allow-list
+                unpickler) or our ``.safetensors`` twin (``"<size>.<0|1>.linear.<i>.<weight|bias>"``, the
+                structure as JSON metadata); checked by ``training.hypernetwork_layout`` (structure, every shape, a
+                width of the base model's attention). Our own files hold one as ``hypernetwork.*`` tensors.
 ==============  ==============================================================================================
 
 Checked: the safetensors container field by field (``training.safetensors_file``); every float finite and
@@ -34,6 +38,7 @@ output name such as ``<kb-face-0>`` / ``alice-kb-face``: see ``face_marks``). A 
 from __future__ import annotations
 
 import json
+import math
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -43,15 +48,16 @@ import numpy as np
 
 from kitbooth import limits
 from kitbooth.errors import IncompatibleArtifact
-from training import safetensors_file
+from training import safetensors_file, torch_pickle
 from training.base_layers import BaseModel
 from training.concept_layouts import Parsed, parse_layout
+from training.hypernetwork_layout import check_hypernetwork, flatten_a1111, is_a1111_dict, own_structure
 
 FP16_MAX = 65504.0
 OWN_FORMAT = "kitbooth.concept"
 OWN_FORMAT_VERSION = "1"
 KINDS = ("face", "kit", "style")
-METHODS = ("pivotal", "lora", "ti", "imported")
+METHODS = ("pivotal", "lora", "ti", "imported", "dreambooth", "hypernetwork")
 
 NOT_OWN = ("This is not a KitBooth concept file — make it one with `kitbooth import FILE --kind kit --out "
            "NAME.safetensors` first.")
@@ -88,9 +94,13 @@ class ConceptFile:
     metadata: dict[str, str] = field(default_factory=dict)
     own: dict[str, object] = field(default_factory=dict)  # kitbooth layout: kind, method, rank, alpha, steps ...
     size_bytes: int = 0
+    hypernetwork: dict[str, np.ndarray] = field(default_factory=dict)  # "<size>.<0=k|1=v>.<key>" -> weight
+    hyper_structure: dict | None = None  # A1111's structure fields (training.hypernetwork_layout.read_structure)
 
     @property
     def kind(self) -> str:
+        if self.hypernetwork:
+            return "hypernetwork"
         if self.lora and self.embeddings is not None:
             return "lora+embedding"
         return "lora" if self.lora else "embedding"
@@ -113,6 +123,10 @@ class ConceptFile:
             parts.append(f"embedding, {self.token_count} vector{'s' * (self.token_count != 1)}")
         if self.lora:
             parts.append(f"LoRA rank {self.rank} on {' + '.join(self.targets)}")
+        if self.hyper_structure is not None:
+            h = self.hyper_structure
+            parts.append(f"hypernetwork {','.join(f'{m:g}' for m in h['layer_structure'])} {h['activation_func']}"
+                         f" on widths {', '.join(sorted({k.split('.', 1)[0] for k in self.hypernetwork}))}")
         return f"{'; '.join(parts)} ({self.size_bytes / 1e6:.1f} MB)"
 
 
@@ -152,7 +166,7 @@ def _refuse_kind(kind: str | None, own_kind: object, names: list[str], metadata:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     if kind != "face" and (own_kind == "face" or face_marks(names, metadata)):
-        raise IncompatibleArtifact(FACE_REFUSED)
+        raise IncompatibleArtifact(FACE_REFUSED, key="refusal.import_face")
     if own_kind is not None and own_kind != kind:
         raise IncompatibleArtifact(f"This KitBooth concept file holds a {own_kind}, not a {kind} — use it as a "
                                    f"{own_kind}.")
@@ -174,11 +188,19 @@ def read_concept(data: bytes, base: BaseModel | None, *, filename: str = "concep
     layer table, others against ``foreign_base`` (refused when that is None too). Raises ``IncompatibleArtifact``
     (an ``InvalidInput``) with one sentence."""
     if len(data) > max_bytes:
-        raise IncompatibleArtifact(f"That file is {len(data) / 1e6:.1f} MB; the limit for a concept file is "
-                           f"{max_bytes / 1e6:.1f} MB.")
+        # MiB, the size rounded up and the limit down: a file one byte over never reads as equal to the limit.
+        raise IncompatibleArtifact(f"That file is {math.ceil(len(data) / 2**20 * 10) / 10:.1f} MB; the limit for a "
+                                   f"concept file is {math.floor(max_bytes / 2**20 * 10) / 10:.1f} MB.")
     if not data:
-        raise IncompatibleArtifact("That file is empty — upload the `.safetensors` LoRA or embedding file itself.")
-    tensors, metadata = safetensors_file.read(data, filename)
+        raise IncompatibleArtifact("That file is empty — upload the `.safetensors` LoRA or embedding file itself.",
+                                   key="refusal.import_empty")
+    if torch_pickle.looks_like_torch_zip(data):  # only an A1111 hypernetwork .pt, read without torch
+        obj = torch_pickle.load(data)
+        if not is_a1111_dict(obj):
+            raise IncompatibleArtifact(safetensors_file.PICKLE_REFUSED.format(name=safetensors_file.safe_name(filename)))
+        tensors, metadata = flatten_a1111(obj)
+    else:
+        tensors, metadata = safetensors_file.read(data, filename)
     return from_tensors(tensors, metadata, base, filename=filename, trigger=trigger, size_bytes=len(data),
                         foreign_base=foreign_base, kind=kind)
 
@@ -198,17 +220,26 @@ def from_tensors(tensors: dict[str, np.ndarray], metadata: dict[str, str], base:
         _check_values(key, arr, alpha=key in parsed.alphas)
     lora = _check_lora(parsed, base, metadata)
     emb = _check_embeddings(parsed, hidden, base)
+    structure = None if not parsed.hyper else check_hypernetwork(
+        parsed.hyper, own_structure(metadata) if own else parsed.hyper_fields or {}, base)
+    if parsed.hyper_fields is not None:  # the twin's fields are JSON: its names and kind are checked decoded
+        metadata = {k: v for k, v in parsed.hyper_fields.items() if isinstance(v, str)}
     if own:
         fields = _own_fields(metadata, hidden, lora)
+        if (fields["method"] == "hypernetwork" and structure is None) or (
+                structure is not None and fields["method"] not in ("hypernetwork", "imported")):
+            raise IncompatibleArtifact("This KitBooth concept file's method does not match its weights — retrain or "
+                                       "re-export it.")
         tokens = list(fields["tokens"])  # type: ignore[call-overload]
         if emb is not None and emb.shape[0] != len(tokens):
             raise IncompatibleArtifact(f"This concept file has {emb.shape[0]} vectors for {len(tokens)} trigger tokens — "
                                "retrain or re-export it.")
     else:
         fields = {}
-        stem = safe_stem(parsed.embedding_name) if parsed.embedding_name else safe_stem(filename)
+        named = parsed.embedding_name or (metadata.get("name") if structure is not None else None)
+        stem = safe_stem(named) if named else safe_stem(filename)
         tokens = [f"<{stem}-{i}>" for i in range(emb.shape[0])] if emb is not None else [trigger or stem]
-    if emb is None and not lora:
+    if emb is None and not lora and structure is None:
         raise IncompatibleArtifact("This file holds neither embedding vectors nor LoRA weights — upload the LoRA or "
                            "embedding file itself.")
     declared = [n for n in (parsed.embedding_name,) if n] + parsed.embedding_keys + list(tokens)
@@ -218,7 +249,7 @@ def from_tensors(tensors: dict[str, np.ndarray], metadata: dict[str, str], base:
     return ConceptFile(
         layout=parsed.layout, source=parsed.source, hidden_size=hidden, tokens=tuple(tokens), embeddings=emb,
         lora=tuple(lora), embedding_names=tuple(parsed.embedding_keys), metadata=dict(metadata), own=fields,
-        size_bytes=size_bytes,
+        size_bytes=size_bytes, hypernetwork=dict(parsed.hyper), hyper_structure=structure,
     )
 
 
@@ -268,7 +299,9 @@ def _check_embeddings(parsed: Parsed, hidden: int, base: BaseModel | None) -> np
         raise IncompatibleArtifact(f"The embedding has shape {list(parsed.embedding.shape)}; expected (vectors, width) — "
                            "upload a textual-inversion embedding.")
     if e.shape[1] != hidden:
-        raise IncompatibleArtifact(WRONG_BASE.format(guess=_guess_base(int(e.shape[1])), base=_label(base)))
+        guess, label = _guess_base(int(e.shape[1])), _label(base)
+        raise IncompatibleArtifact(WRONG_BASE.format(guess=guess, base=label), key="refusal.import_wrong_base",
+                                   fields={"guess": guess, "base": label})
     if not 1 <= e.shape[0] <= limits.TI_VECTORS_MAX:
         raise IncompatibleArtifact(f"The embedding has {e.shape[0]} vectors; KitBooth accepts 1 to {limits.TI_VECTORS_MAX}"
                            " — use a smaller embedding.")
@@ -310,7 +343,8 @@ def _check_lora(parsed: Parsed, base: BaseModel | None, metadata: dict[str, str]
             want_a, want_b = layer.lora_shapes(rank)
             if tuple(a.shape) != want_a or tuple(b.shape) != want_b:
                 guess = _guess_base(int(a.shape[1])) if layer.fan_in == base.hidden_size else "another model?"
-                raise IncompatibleArtifact(WRONG_BASE.format(guess=guess, base=base.name))
+                raise IncompatibleArtifact(WRONG_BASE.format(guess=guess, base=base.name),
+                                           key="refusal.import_wrong_base", fields={"guess": guess, "base": base.name})
         alpha = None
         if "alpha" in halves:
             if halves["alpha"].size != 1:

@@ -15,6 +15,7 @@ import numpy as np
 
 from kitbooth.errors import IncompatibleArtifact
 from training.base_layers import BaseModel
+from training.hypernetwork_layout import twin_fields
 from training.safetensors_file import safe_name
 
 KOHYA_UNET, KOHYA_TE = "lora_unet_", "lora_te_"
@@ -54,6 +55,8 @@ class Parsed:
     embedding: np.ndarray | None = None
     embedding_name: str | None = None  # the name the file gives its embedding (trigger stem), if any
     embedding_keys: list[str] = field(default_factory=list)
+    hyper: dict[str, np.ndarray] = field(default_factory=dict)  # hypernetwork "<size>.<0|1>.<key>" -> weight
+    hyper_fields: dict | None = None  # a hypernetwork file's A1111 structure fields (decoded)
 
 
 def kohya_name(path: str, *, text: bool) -> str:
@@ -131,6 +134,9 @@ def parse_layout(tensors: dict[str, np.ndarray], metadata: dict[str, str], *, ow
     _refuse_other_models(keys, metadata, base_label)
     if own:
         return _own(tensors)
+    fields = twin_fields(metadata)
+    if fields is not None:  # an A1111 hypernetwork (.pt, read by training.torch_pickle) or its .safetensors twin
+        return Parsed("a1111-hypernetwork", "a1111", hyper=dict(tensors), hyper_fields=fields)
     if any(k.startswith((KOHYA_UNET, KOHYA_TE, "bundle_emb.")) for k in keys):
         return _kohya(tensors, base)
     if any(".lora" in k or "_lora." in k or ".alpha" in k for k in keys):
@@ -154,6 +160,9 @@ def _own(tensors: dict[str, np.ndarray]) -> Parsed:
     for key, arr in tensors.items():
         if key == "embeddings":
             p.embedding = arr
+            continue
+        if key.startswith("hypernetwork."):
+            p.hyper[key[len("hypernetwork."):]] = arr
             continue
         m = _OWN_LORA.match(key)
         if m is None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KINDS = ("face", "kit", "style")
-METHODS = ("pivotal", "lora", "ti")
+METHODS = ("pivotal", "lora", "ti", "hypernetwork", "dreambooth")
 PRECISIONS = ("auto", "no", "fp16", "bf16")
 
 # Caption templates per kind; "{}" is replaced by the concept's trigger.
@@ -70,6 +70,22 @@ class TrainConfig:
     init_word: str = "person"
     token_prefix: str = "kb"  # tokens are "<{prefix}-{kind}-{i}>"
     lora_trigger: str = "ohwx"  # trigger of a pure-LoRA concept
+    # Hypernetwork (A1111's, training.hypernetwork): MLP width multipliers, activation, layer norm, dropout; its
+    # tokens are ``lora_trigger`` (the captions' word; a hypernetwork itself acts on every prompt).
+    hyper_layer_structure: tuple[float, ...] = (1.0, 2.0, 1.0)
+    hyper_activation: str = "linear"
+    hyper_layer_norm: bool = False
+    hyper_dropout: bool = False
+    lr_hyper: float = 1e-5  # A1111's default
+    # DreamBooth (training.dreambooth): the UNet itself is fine-tuned (a copy; text encoder optional) with prior
+    # preservation on ``num_class_images`` images of ``class_word`` ("": INIT_WORDS[kind]) drawn by the base model
+    # in ``class_steps`` steps; stored as a rank-``rank`` SVD of the delta, or whole with ``full_delta`` (kit/style).
+    prior_loss_weight: float = 1.0
+    num_class_images: int = 100
+    class_word: str = ""
+    class_steps: int = 25
+    train_text_encoder: bool = False
+    full_delta: bool = False
     # Pivotal: fraction of the steps that are TI-only (then LoRA with TI frozen)
     ti_fraction: float = 0.3
     # Optimiser
@@ -110,6 +126,13 @@ class TrainConfig:
             raise ValueError("resolution must be a positive multiple of 8")
         if not 0.0 <= self.ti_fraction <= 1.0:
             raise ValueError("ti_fraction must be in [0, 1]")
+        if self.full_delta and (self.method != "dreambooth" or self.kind == "face"):
+            raise ValueError("full_delta is for DreamBooth kits and styles only (a face is always compressed)")
+        if self.method == "dreambooth" and (self.num_class_images < 1 or self.prior_loss_weight < 0):
+            raise ValueError("num_class_images must be positive and prior_loss_weight not negative")
+        ls = self.hyper_layer_structure
+        if len(ls) < 2 or ls[0] != 1 or ls[-1] != 1 or any(m <= 0 for m in ls):
+            raise ValueError("hyper_layer_structure must start and end with 1 and be positive, like 1,2,1")
 
     # -- derived --------------------------------------------------------------------------------------
     @property
@@ -154,7 +177,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         data: dict[str, Any] = json.loads(text)
-        for key in ("unet_targets", "text_targets", "captions"):
+        for key in ("unet_targets", "text_targets", "captions", "hyper_layer_structure"):
             if key in data:
                 data[key] = tuple(data[key])
         known = {f.name for f in dataclasses.fields(cls)}
@@ -177,6 +200,13 @@ _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Per method, over the kind's defaults (and under the caller's overrides).
+_METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    # DreamBooth: the whole UNet at a low rate (the paper's 5e-6), rank-32 SVD storage, checkpointed activations.
+    "dreambooth": dict(steps=800, lr_unet=5e-6, rank=32, gradient_checkpointing=True, batch_size=1),
+}
+
+
 def default_config(kind: str, **overrides: Any) -> TrainConfig:
     """The default config of a kind (``face``: pivotal 512² 500 steps; ``kit``/``style``: LoRA), with overrides.
 
@@ -185,5 +215,6 @@ def default_config(kind: str, **overrides: Any) -> TrainConfig:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     values: dict[str, Any] = {"kind": kind, **_KIND_DEFAULTS[kind]}
+    values.update(_METHOD_DEFAULTS.get(overrides.get("method") or values["method"], {}))
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values)

@@ -17,6 +17,13 @@ kohya       ``<stem>.safetensors`` (``emb_params``: A1111, ComfyUI and kohya rea
             ``<stem>-lora.safetensors``
 ==========  ====================================================================================================
 
+A hypernetwork concept has no embedding or LoRA: ``a1111`` writes ``<stem>.pt`` in A1111's own hypernetwork layout
+(``training.hypernetwork_files``, the same zip allow-list), ``kohya`` and ``diffusers`` its ``.safetensors`` twin
+(``<stem>-hypernetwork.safetensors``); both say ``kitbooth_kind`` and re-import as they were.
+
+==========  ====================================================================================================
+==========  ====================================================================================================
+
 Files are written atomically and readable by other local users (0644). Shared metadata never holds a server
 path: the base model is its hub id or the base name of its file or folder (``public_base_model``). Every
 export says ``kitbooth_kind``, so a face stays recognisable as one however the file is renamed
@@ -41,6 +48,8 @@ from safetensors.torch import load, save
 from training.artifact import ConceptArtifact, lora_modules, read_metadata, validate, write_atomic
 from training.concept_file import safe_stem
 from training.concept_layouts import kohya_name
+from training.hypernetwork import network_from
+from training.hypernetwork_files import save_a1111, save_safetensors
 
 Format = Literal["diffusers", "a1111", "kohya"]
 FORMATS: tuple[str, ...] = ("diffusers", "a1111", "kohya")
@@ -116,8 +125,13 @@ def a1111_pt(emb: torch.Tensor, *, stem: str, steps: int, base_model: str, kind:
     torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": emb}, "name": stem, "step": int(steps),
                 "sd_checkpoint": None, "sd_checkpoint_name": public_base_model(base_model),
                 "kitbooth_kind": kind}, buf, _use_new_zipfile_serialization=True)
+    return a1111_zip(buf.getvalue())
+
+
+def a1111_zip(data: bytes) -> bytes:
+    """A ``torch.save`` zip keeping only the entries A1111's restricted loader allows."""
     out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+    with zipfile.ZipFile(io.BytesIO(data)) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
         for info in src.infolist():
             if A1111_ZIP_NAMES.match(info.filename):
                 dst.writestr(info.filename, src.read(info.filename))
@@ -137,6 +151,15 @@ def export(art: ConceptArtifact, fmt: Format, out_dir: str | Path, *, name: str 
     def put(filename: str, data: bytes) -> None:
         write_atomic(out / filename, data, mode=FILE_MODE)
         written.append(out / filename)
+
+    if art.hypernetwork:
+        net = network_from(art.hypernetwork, art.hyper_structure or {}, name=stem, step=art.steps)
+        net.sd_checkpoint_name = public_base_model(art.base_model) or None
+        extra = {"kitbooth_kind": art.kind, "kitbooth_trigger": trigger}
+        if fmt == "a1111":
+            put(f"{stem}.pt", a1111_zip(save_a1111(net, extra=extra)))
+        else:
+            put(f"{stem}-hypernetwork.safetensors", save_safetensors(net, extra=extra))
 
     if fmt == "diffusers":
         if art.embeddings is not None:

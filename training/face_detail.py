@@ -36,7 +36,10 @@ from training.faces import FaceBox, detect_faces, face_mask
 from training.pipeline_calls import decode, encode_text, img2img, use_dpm_solver
 from training.prompts import DEFAULT_NEGATIVE
 
-__all__ = ["FaceDetail", "FaceDetailSettings", "FaceFinder", "detail_prompt", "face_detail", "main_face"]
+__all__ = [
+    "FaceDetail", "FaceDetailSettings", "FaceFinder", "FaceJob", "detail_faces", "detail_prompt", "face_detail",
+    "main_face",
+]
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +166,12 @@ def _blend(image: Image.Image, new: Image.Image, region: tuple[int, int, int, in
     return out
 
 
-def _redenoise(pipe: Any, crops: list[Image.Image], prompt: str, seeds: list[int], s: FaceDetailSettings,
-               composer: Any, concepts: Sequence[Any], should_stop: Callable[[], bool] | None) -> list[Image.Image]:
-    """One img2img call over every crop, inside the concepts' composition (restored on exit)."""
+def _redenoise(pipe: Any, crops: list[Image.Image], prompts: Sequence[str], rows: Sequence[int], seeds: list[int],
+               s: FaceDetailSettings, composer: Any, concepts: Sequence[Sequence[Any]],
+               should_stop: Callable[[], bool] | None) -> list[Image.Image]:
+    """One img2img call over every crop. Crop ``k`` is redrawn with request ``rows[k]``: its prompt
+    (``prompts[i]``) and only its concepts (``concepts[i]``), composed on its own rows of the batch (the
+    composer's per-row LoRA hook and per-request TI slots), restored on exit."""
     use_dpm_solver(pipe)
     pipe_i2i = img2img(pipe)
 
@@ -174,18 +180,20 @@ def _redenoise(pipe: Any, crops: list[Image.Image], prompt: str, seeds: list[int
             raise JobCancelled("cancelled")
         return kw
 
-    ctx = composer.compose([list(concepts)]) if composer is not None and concepts else nullcontext()
+    per_request = [list(c) for c in concepts]
+    ctx = composer.compose(per_request) if composer is not None and any(per_request) else nullcontext()
     with ctx as comp:
-        text, negative = (comp.rewrite(0, prompt), comp.rewrite(0, s.negative)) if comp else (prompt, s.negative)
+        texts = [comp.rewrite(i, p) if comp else p for i, p in enumerate(prompts)]
+        negatives = [comp.rewrite(i, s.negative) if comp else s.negative for i in range(len(prompts))]
         if comp:
-            comp.set_rows(text=[0])
-        pos, neg = encode_text(pipe, [text]), encode_text(pipe, [negative])
-        n = len(crops)
+            comp.set_rows(text=list(range(len(prompts))))
+        pos, neg = encode_text(pipe, texts), encode_text(pipe, negatives)
+        index = torch.tensor(list(rows), device=pos.device)
         if comp:
-            comp.set_rows(unet=[0] * n)
+            comp.set_rows(unet=list(rows))
         with torch.no_grad():
             latents = pipe_i2i(
-                image=crops, prompt_embeds=pos.repeat(n, 1, 1), negative_prompt_embeds=neg.repeat(n, 1, 1),
+                image=crops, prompt_embeds=pos.index_select(0, index), negative_prompt_embeds=neg.index_select(0, index),
                 strength=s.strength, num_inference_steps=s.schedule_steps, guidance_scale=s.guidance,
                 generator=[torch.Generator("cpu").manual_seed(x) for x in seeds], output_type="latent",
                 callback_on_step_end=on_step,
@@ -231,7 +239,8 @@ def face_detail(
 
     work = (s.resolution, s.resolution)
     crops = [results[i].image.crop(results[i].region).resize(work, Image.Resampling.LANCZOS) for i in todo]
-    redrawn = _redenoise(pipe, crops, prompt, [results[i].seed for i in todo], s, composer, concepts, should_stop)
+    redrawn = _redenoise(pipe, crops, [prompt], [0] * len(todo), [results[i].seed for i in todo], s, composer,
+                         [concepts], should_stop)
     for i, new in zip(todo, redrawn, strict=True):
         r = results[i]
         left, top, right, bottom = r.region
@@ -243,3 +252,62 @@ def face_detail(
         r.denoising_steps = int(s.schedule_steps * s.strength)
     log.info("face detail on %d of %d images in %.2f s", len(todo), len(images), time.perf_counter() - started)
     return results
+
+
+@dataclass(frozen=True)
+class FaceJob:
+    """One face of a picture to redo with its own prompt and concepts (a squad member's own face concept)."""
+
+    box: FaceBox
+    prompt: str
+    concepts: Sequence[Any] = ()
+
+
+def _keep_out(alpha: np.ndarray, box: FaceBox, region: tuple[int, int, int, int]) -> None:
+    """Zero the blend weights inside ``box`` (another face), in the region's coordinates, in place."""
+    left, top, right, bottom = region
+    x0, x1 = max(0, int(np.floor(box.left)) - left), min(right - left, int(np.ceil(box.right)) - left)
+    y0, y1 = max(0, int(np.floor(box.top)) - top), min(bottom - top, int(np.ceil(box.bottom)) - top)
+    if x0 < x1 and y0 < y1:
+        alpha[y0:y1, x0:x1] = 0.0
+
+
+def detail_faces(
+    pipe: Any,
+    image: Image.Image,
+    faces: Sequence[FaceJob],
+    *,
+    seed: int,
+    settings: FaceDetailSettings | None = None,
+    composer: Any = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> list[FaceDetail]:
+    """Redo every face of one picture in one img2img call, each with only its own concepts: face ``k``'s crop is
+    composed with ``faces[k].concepts`` alone, on its own rows, and its blend mask is zero inside every other
+    face's box, so no concept touches a face that is not its own (pixels there stay bit-identical). Crops come
+    from the input picture and are blended in order; one result per face (seed ``seed + k``), each ``image`` the
+    picture after that face — the last one's is the finished picture. The size threshold does not apply."""
+    s = settings or FaceDetailSettings()
+    img = image.convert("RGB")
+    if not faces:
+        return []
+    regions = [_region(f.box, img.size, s.margin) for f in faces]
+    work = (s.resolution, s.resolution)
+    crops = [img.crop(r).resize(work, Image.Resampling.LANCZOS) for r in regions]
+    seeds = [seed + k for k in range(len(faces))]
+    started = time.perf_counter()
+    redrawn = _redenoise(pipe, crops, [f.prompt for f in faces], list(range(len(faces))), seeds, s, composer,
+                         [f.concepts for f in faces], should_stop)
+    out: list[FaceDetail] = []
+    for k, (face, region, new) in enumerate(zip(faces, regions, redrawn, strict=True)):
+        left, top, right, bottom = region
+        alpha = _blend_mask(face.box, region, img.size)
+        for j, other in enumerate(faces):
+            if j != k:
+                _keep_out(alpha, other.box, region)
+        img = _blend(img, new.resize((right - left, bottom - top), Image.Resampling.LANCZOS), region, alpha)
+        out.append(FaceDetail(img, True, "detailed", face.box, region,
+                              Image.fromarray(np.ceil(alpha * 255).astype(np.uint8), "L"), s.strength,
+                              s.schedule_steps, int(s.schedule_steps * s.strength), seeds[k]))
+    log.info("face detail on %d faces of one picture in %.2f s", len(faces), time.perf_counter() - started)
+    return out

@@ -5,6 +5,8 @@ decides the layout and checks every tensor against the base model; this module o
 ``ConceptArtifact``. ``load_concept`` is the worker's path (safetensors only, like the bot's ``/kit import``);
 ``import_file`` adds A1111 ``.pt`` embeddings for the library and CLI, read with ``torch.load(weights_only=True)``
 (plain tensors and containers only, never an arbitrary pickle) and then checked by the same validator.
+An A1111 hypernetwork ``.pt`` is the validator's own business (read torch-free by ``training.torch_pickle``, as
+the bot and the worker read it); its artifact holds the MLPs as ``hypernetwork`` tensors with their structure.
 
 Imported LoRAs are normalised to one rank and alpha: layers of a smaller rank are zero-padded and a per-layer
 alpha/rank is folded into B (both exact), so ``ConceptArtifact.rank``/``alpha`` describe every layer.
@@ -35,7 +37,9 @@ from training.exports import (
     export,
     kohya_lora_tensors,
 )
+from training.hypernetwork_layout import is_a1111_dict
 from training.safetensors_file import looks_like_pickle
+from training.torch_pickle import load as load_torch_zip
 
 __all__ = [
     "DIFFUSERS_LORA_NAME", "DIFFUSERS_TI_NAME", "FORMATS", "Format", "artifact_of", "base_name", "export",
@@ -58,7 +62,7 @@ def load_concept(data: bytes, *, base: BaseModel | None, kind: str, filename: st
 
 def import_file(path_or_bytes: str | Path | bytes, filename: str | None = None, *, kind: str | None,
                 base_model: str = "", pipe=None, trigger: str | None = None,
-                base: BaseModel | None = None) -> ConceptArtifact:
+                base: BaseModel | None = None, max_bytes: int = MAX_IMPORT_BYTES) -> ConceptArtifact:
     """Read a concept file in any supported format (``.pt`` embeddings too). The base model is ``base``, else
     ``pipe``'s own table, else none for KitBooth's own files (checked without a layer table) and SD 1.5 for
     others. ``kind``: what the file is to be used as (a face is refused as a kit or style); None takes the file
@@ -69,19 +73,28 @@ def import_file(path_or_bytes: str | Path | bytes, filename: str | None = None, 
         data, filename = bytes(path_or_bytes), filename or "concept"
     else:
         p = Path(path_or_bytes)
-        if p.stat().st_size > MAX_IMPORT_BYTES:
-            raise IncompatibleArtifact(f"That file is over {MAX_IMPORT_BYTES / 1e6:.1f} MB, too large for a concept.")
+        if p.stat().st_size > max_bytes:
+            raise IncompatibleArtifact(f"That file is over {max_bytes / 2**20:.0f} MB, too large for a concept.")
         data, filename = p.read_bytes(), filename or p.name
-    if looks_like_pickle(data):
+    if looks_like_pickle(data) and not _is_hypernetwork_pt(data):
         cf = from_tensors(*_torch_file(data), base, filename=filename, trigger=trigger, size_bytes=len(data),
                           foreign_base=SD15, kind=kind)
         cf = dataclasses.replace(cf, source="a1111")
     else:
-        cf = read_concept(data, base, filename=filename, trigger=trigger, foreign_base=SD15, kind=kind)
+        cf = read_concept(data, base, filename=filename, trigger=trigger, foreign_base=SD15, kind=kind,
+                          max_bytes=max_bytes)
     art = artifact_of(cf, kind=kind or "kit", base_model=base_model)
     if pipe is not None:
         check_compatible(art, pipe)
     return art
+
+
+def _is_hypernetwork_pt(data: bytes) -> bool:
+    """An A1111 hypernetwork ``.pt`` goes to the validator itself (read torch-free, as the bot reads it)."""
+    try:
+        return is_a1111_dict(load_torch_zip(data))
+    except IncompatibleArtifact:
+        return False
 
 
 def _torch_file(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -119,7 +132,9 @@ def artifact_of(cf: ConceptFile, *, kind: str, base_model: str = "") -> ConceptA
         tokens=list(cf.tokens), embeddings=_tensor(cf.embeddings) if cf.embeddings is not None else None,
         unet_lora=unet, text_lora=text, rank=rank, alpha=alpha, steps=0,
         created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), version=__version__,
-        extra={"source_format": cf.source},
+        extra={"source_format": cf.source} if cf.hyper_structure is None else {
+            "source_format": cf.source, "name": str(cf.metadata.get("name") or "")},
+        hypernetwork={k: _tensor(v) for k, v in cf.hypernetwork.items()}, hyper_structure=cf.hyper_structure,
     )
     validate(art)
     return art

@@ -40,6 +40,9 @@ class GenerationRequest:
     init_image: Image.Image | None = None  # img2img ("vary") from this image
     strength: float = 0.35  # img2img strength
     upscale: bool = False  # ×2 latent upscaler, when one is configured
+    # A scene of several people (``training.squad``) instead of the template's one person: its subject, with
+    # ``{kit}`` where the kit's trigger and words go.
+    scene: str | None = None
 
     def __post_init__(self) -> None:
         if not limits.COUNT_MIN <= self.count <= limits.COUNT_MAX:
@@ -123,13 +126,15 @@ def _join_words(art: Any, words: str | None, default: str) -> str | None:
 def build_request_prompt(req: GenerationRequest, tokenizer: Any = None) -> BuiltPrompt:
     """The template applied to a request: face trigger, kit (trigger + words), user prompt, style."""
     face = _concept_of(req, "face")
+    kit = _join_words(_concept_of(req, "kit"), req.kit_words, "football kit")
     return build_prompt(
         req.prompt,
         face_trigger=" ".join(face.tokens) if face is not None and face.tokens else None,
-        kit_words=_join_words(_concept_of(req, "kit"), req.kit_words, "football kit"),
+        kit_words=kit,
         style_words=_join_words(_concept_of(req, "style"), req.style_words, "style"),
         negative=req.negative_prompt,
         tokenizer=tokenizer,
+        subject=req.scene.replace("{kit}", kit or "football kits") if req.scene else None,
     )
 
 

@@ -11,7 +11,10 @@ them on exit; nothing else on the UNet is touched, so it is bit-identical afterw
 
 The MLP's ``nn.Sequential`` is built layer by layer as A1111 builds it (Linear, activation, LayerNorm, Dropout),
 so its ``state_dict`` keys (``linear.0.weight``, ``linear.2.bias``...) index the same positions and A1111 files
-load without renaming. Files: see ``training.hypernetwork_files``.
+load without renaming. Files: see ``training.hypernetwork_files``. As a KitBooth concept (``training.artifact``)
+the weights are flat tensors (``network_tensors``) beside A1111's structure fields (``structure_of``), checked
+torch-free by ``training.hypernetwork_layout``; the Composer applies them per request row at the concept's weight
+(``training.composition.Composition.hyper_hook``, the same transform as ``applied``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import dataclasses
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -232,3 +236,47 @@ def apply_hypernetworks(unet: nn.Module, networks: Sequence[tuple[Hypernetwork, 
         for net, strength in networks:
             stack.enter_context(net.applied(unet, strength))
         yield
+
+
+# --- the concept form (training.artifact): flat tensors + the structure as A1111 names its fields ------------
+def config_from_train(config: Any, unet: nn.Module) -> HypernetworkConfig:
+    """The structure a ``TrainConfig`` (``hyper_*`` fields) asks for, at ``unet``'s cross-attention width."""
+    return HypernetworkConfig(sizes=context_sizes(unet), layer_structure=tuple(config.hyper_layer_structure),
+                              activation_func=config.hyper_activation.lower(),
+                              is_layer_norm=config.hyper_layer_norm, use_dropout=config.hyper_dropout)
+
+
+def structure_of(config: HypernetworkConfig) -> dict[str, Any]:
+    """A1111's structure fields (what ``training.hypernetwork_layout.read_structure`` reads back)."""
+    return {"layer_structure": [float(x) for x in config.layer_structure], "activation_func": config.activation_func,
+            "is_layer_norm": config.is_layer_norm, "weight_initialization": config.weight_initialization,
+            "use_dropout": config.use_dropout, "activate_output": config.activate_output,
+            "last_layer_dropout": config.last_layer_dropout, "dropout_structure": [float(x) for x in config.dropouts]}
+
+
+def config_of(structure: dict[str, Any], sizes: Sequence[int]) -> HypernetworkConfig:
+    s = structure
+    return HypernetworkConfig(
+        sizes=tuple(int(x) for x in sizes), layer_structure=tuple(float(x) for x in s["layer_structure"]),
+        activation_func=str(s["activation_func"]), is_layer_norm=bool(s["is_layer_norm"]),
+        weight_initialization=str(s.get("weight_initialization") or "Normal"), use_dropout=bool(s["use_dropout"]),
+        activate_output=bool(s["activate_output"]), last_layer_dropout=bool(s["last_layer_dropout"]),
+        dropout_structure=tuple(float(x) for x in s["dropout_structure"]))
+
+
+def network_tensors(net: Hypernetwork) -> dict[str, torch.Tensor]:
+    """``{"<size>.<0=k|1=v>.<state_dict key>": fp32 CPU tensor}`` (the ``.safetensors`` twin's keys too)."""
+    return {f"{size}.{i}.{k}": v for size, pair in net.module_state_dicts().items()
+            for i, sd in enumerate(pair) for k, v in sd.items()}
+
+
+def network_from(tensors: dict[str, torch.Tensor], structure: dict[str, Any], *, name: str = "hypernetwork",
+                 step: int = 0) -> Hypernetwork:
+    """The ``Hypernetwork`` of a concept's flat tensors (already validated: ``training.concept_file``)."""
+    sizes = sorted({int(k.split(".", 1)[0]) for k in tensors})
+    net = Hypernetwork(config_of(structure, sizes), name=name, step=step)
+    for size in sizes:
+        for which, module in enumerate(net.pair(size) or ()):
+            prefix = f"{size}.{which}."
+            module.load_state_dict({k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)})
+    return net.eval()

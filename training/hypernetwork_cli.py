@@ -128,9 +128,8 @@ def _train(args: argparse.Namespace, settings) -> int:
     from tqdm.auto import tqdm
 
     from kitbooth.errors import UserFacingError
-    from training.cli_train import _load_pipeline
+    from training.cli_train import load_pipeline
     from training.config import default_config
-    from training.hypernetwork import HypernetworkConfig, context_sizes
     from training.hypernetwork_train import HypernetworkTrainer
 
     photos, skipped = check.photo_files(args.photos)
@@ -147,25 +146,24 @@ def _train(args: argparse.Namespace, settings) -> int:
         return 1
     ref = args.base_model or settings.base_model
     try:
-        pipe = _load_pipeline(ref, device=args.device or settings.device, dtype=args.dtype or settings.dtype,
+        pipe = load_pipeline(ref, device=args.device or settings.device, dtype=args.dtype or settings.dtype,
                               offline=settings.offline)
     except UserFacingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return check.EXIT_BAD_INPUT
-    cfg = default_config(args.kind, method="lora", steps=args.steps, resolution=args.resolution, seed=args.seed,
-                         masked_loss=False, checkpoint_every=0)
-    hcfg = HypernetworkConfig(sizes=context_sizes(pipe.unet), layer_structure=layer_structure(args.layer_structure),
-                              activation_func=args.activation.lower(), is_layer_norm=args.layer_norm,
-                              use_dropout=args.dropout)
+    cfg = default_config(args.kind, method="hypernetwork", steps=args.steps, resolution=args.resolution,
+                         seed=args.seed, masked_loss=False, checkpoint_every=0, lr_hyper=args.lr,
+                         hyper_layer_structure=layer_structure(args.layer_structure),
+                         hyper_activation=args.activation.lower(), hyper_layer_norm=args.layer_norm,
+                         hyper_dropout=args.dropout)
     bar = tqdm(total=cfg.steps, unit="step", desc="training hypernetwork", disable=args.no_progress)
 
-    def progress(step: int, loss: float) -> None:
-        bar.n = step
-        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    def progress(p) -> None:
+        bar.n = p.step
+        bar.set_postfix(loss=f"{p.loss:.4f}", refresh=False)
         bar.refresh()
 
-    trainer = HypernetworkTrainer(pipe, images, cfg, hcfg, lr=args.lr, name=args.out.stem, base_model_id=str(ref),
-                                  progress=progress)
+    trainer = HypernetworkTrainer(pipe, images, cfg, name=args.out.stem, base_model_id=str(ref), progress=progress)
     try:
         trainer.run()
     finally:

@@ -34,12 +34,14 @@ def phase_at(config: TrainConfig, step: int) -> Phase:
         return Phase(ti=True, unet=False, text=False)
     if config.method == "lora":
         return Phase(ti=False, unet=True, text=config.text_lora)
+    if config.method == "hypernetwork":  # only its MLPs train (group "hyper"); the text side is frozen
+        return Phase(ti=False, unet=False, text=False)
     in_ti = step < config.ti_steps
     return Phase(ti=in_ti, unet=not in_ti, text=False)
 
 
 def learning_rates(config: TrainConfig, step: int) -> dict[str, float]:
-    """Learning rate of each parameter group ("ti", "unet", "text") at ``step``; 0 for a frozen group."""
+    """Learning rate of each parameter group ("ti", "unet", "text", "hyper") at ``step``; 0 for a frozen group."""
     phase = phase_at(config, step)
     start = config.ti_steps if (config.method == "pivotal" and phase.unet) else 0
     warm = config.lr_warmup_steps
@@ -48,4 +50,5 @@ def learning_rates(config: TrainConfig, step: int) -> dict[str, float]:
         "ti": config.lr_ti * factor if phase.ti else 0.0,
         "unet": config.lr_unet * factor if phase.unet else 0.0,
         "text": config.lr_text * factor if phase.text else 0.0,
+        "hyper": config.lr_hyper * factor if config.method == "hypernetwork" else 0.0,
     }

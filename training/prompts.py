@@ -129,6 +129,7 @@ def build_prompt(
     negative: str | None = None,
     tokenizer: Any = None,
     max_tokens: int = MAX_TOKENS,
+    subject: str | None = None,
 ) -> BuiltPrompt:
     """Fill the template "a photo of {face} person wearing {kit}, {user prompt}, {style}".
 
@@ -138,7 +139,8 @@ def build_prompt(
     """
     user = " ".join(user_prompt.split())
     style = " ".join((style_words or "").split())
-    subject = _subject(face_trigger, kit_words, style)
+    # ``subject`` replaces the template's one-person subject (a squad scene: "a photo of 3 football players ...").
+    subject = _subject(face_trigger, kit_words, style) if subject is None else " ".join(subject.split())
     notices: list[str] = []
     truncated = False
 

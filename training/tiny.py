@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 TINY_HIDDEN = 32
@@ -110,12 +111,19 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     if (out / "model_index.json").is_file() and (out / "unet").is_dir():
         return out
-    pipe = build_tiny_pipeline(seed)
-    tmp = out.with_name(out.name + ".partial")
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    if out.exists():
-        import shutil
+    import shutil
 
+    pipe = build_tiny_pipeline(seed)
+    # Per-process temp folder: parallel test workers may build it at the same time; the first rename wins.
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    if (out / "model_index.json").is_file() and (out / "unet").is_dir():
+        shutil.rmtree(tmp)
+        return out
+    if out.exists():
         shutil.rmtree(out)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process renamed its copy in between
+        shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -1,5 +1,6 @@
-"""The pieces of one training step that depend on no trainer state: latent caching, batch sampling, the loss,
-the optimiser step and the autocast dtype.
+"""The pieces of one training step every trainer shares: the batch source (``BatchSource``: latent caching,
+batch sampling, the noise-prediction loss and their checkpoint state), the optimiser step and the autocast dtype.
+A trainer only says what trains (TI vectors, LoRA, a hypernetwork...) and how the text is encoded.
 
 Every random draw takes the trainer's own generator, so the process-wide RNGs do not matter to the result and a
 resumed job (generator state restored) continues exactly as an uninterrupted one would.
@@ -8,15 +9,17 @@ resumed job (generator state restored) continues exactly as an uninterrupted one
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusers import DDPMScheduler
 from PIL import Image
 
 from training.config import TrainConfig
-from training.data import images_to_tensor, loss_weights
+from training.data import expand_captions, images_to_tensor, loss_weights, mask_resize, square_resize
 
 
 @dataclass
@@ -122,3 +125,82 @@ def apply_gradients(optimizer: torch.optim.Optimizer, loss: torch.Tensor, scaler
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
         optimizer.step()
+
+
+class BatchSource:
+    """The training data of one job, shared by every trainer: the images (centre-cropped to the resolution),
+    their face masks and caption variants, the VAE latents cached on first use, the batch sampler with the
+    job's own generator (``config.seed + 1``), the fixed batch of ``overfit_fixed_batch``, and the
+    noise-prediction loss. ``state()``/``load()`` carry all of it in a checkpoint (a resumed job needs no
+    images)."""
+
+    def __init__(self, pipe: Any, images: Sequence[Image.Image], config: TrainConfig, device: torch.device,
+                 dtype: torch.dtype | None, *, masks: Sequence[Image.Image | None] | None = None,
+                 captions: Sequence[str | None] | None = None):
+        if masks is not None and len(masks) != len(images):
+            raise ValueError("masks must match images one to one")
+        self.pipe, self.config, self.device, self.dtype = pipe, config, device, dtype
+        res = config.resolution
+        self.images = [square_resize(im, res) for im in images]
+        self.masks = [mask_resize(m, res) if m is not None else None for m in (masks or [None] * len(images))]
+        self.captions = expand_captions(captions, len(images), config.caption_templates)
+        self.gen = torch.Generator().manual_seed(config.seed + 1)
+        self.latents: torch.Tensor | None = None  # (M, 4, h, w) fp32 CPU
+        self.weights: torch.Tensor | None = None  # (M, 1, h, w)
+        self.sample_image: list[int] = []  # sample -> image index (captions)
+        self.fixed: Batch | None = None
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        acp = self.noise_scheduler.alphas_cumprod.float()
+        self.snr = acp / (1.0 - acp)
+
+    def ensure(self) -> None:
+        """Encode the images once (a no-op after a checkpoint was loaded)."""
+        if self.latents is not None:
+            return
+        if not self.images:
+            raise ValueError("no training images (and no checkpoint to resume from)")
+        self.latents, self.weights, self.sample_image = encode_latents(
+            self.pipe, self.images, self.masks, self.config, self.device, self.dtype)
+
+    def sample(self) -> Batch:
+        if self.fixed is not None:
+            return self.fixed
+        assert self.latents is not None
+        batch = sample_batch(self.gen, self.latents, self.captions, self.sample_image, self.config.batch_size,
+                             self.noise_scheduler.config.num_train_timesteps)
+        if self.config.overfit_fixed_batch:
+            self.fixed = batch
+        return batch
+
+    def loss(self, unet: Any, b: Batch, encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+        """The weighted noise (or velocity) prediction loss of batch ``b``; ``encode`` turns its captions into
+        the text embedding (the trainer's, so TI vectors or a text LoRA take part)."""
+        assert self.latents is not None and self.weights is not None
+        sched = self.noise_scheduler
+        latents = self.latents[b.index].to(self.device)
+        weights = self.weights[b.index].to(self.device)
+        noise, t = b.noise.to(self.device), b.timesteps.to(self.device)
+        noisy = sched.add_noise(latents, noise, t)
+        v_prediction = sched.config.prediction_type == "v_prediction"
+        target = sched.get_velocity(latents, noise, t) if v_prediction else noise
+        with autocast(self.device, self.dtype):
+            pred = unet(noisy, t, encode(b.captions), return_dict=False)[0]
+        return weighted_loss(pred, target, weights, self.snr[b.timesteps], self.config.snr_gamma, v_prediction)
+
+    def state(self) -> dict[str, Any]:
+        self.ensure()
+        f = self.fixed
+        return {
+            "generator": self.gen.get_state(), "latents": self.latents, "weights": self.weights,
+            "sample_image": list(self.sample_image), "captions": json.dumps(self.captions),
+            "fixed": None if f is None else {"index": f.index, "captions": f.captions, "noise": f.noise.cpu(),
+                                             "timesteps": f.timesteps},
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["generator"])
+        self.latents, self.weights = state["latents"], state["weights"]
+        self.sample_image = list(state["sample_image"])
+        self.captions = json.loads(state["captions"])
+        f = state["fixed"]
+        self.fixed = None if f is None else Batch(f["index"], list(f["captions"]), f["noise"], f["timesteps"])

@@ -17,10 +17,12 @@ import discord
 from discord import app_commands, ui
 from discord.ext import commands
 
-from bot import cancel, catalogue, errors, imports, training_flow
+from bot import cancel, catalogue, errors, imports, training_flow, training_methods
 from bot.catalogue import Kind, kit_autocomplete, style_autocomplete
+from bot.translator import locale_of, tr
 from kitbooth import limits
 from kitbooth.errors import InvalidInput, NotAllowed
+from kitbooth.i18n import keyed, translate
 from storage import keys
 from storage.database import Kit
 
@@ -47,9 +49,7 @@ async def add_entry(interaction: discord.Interaction, kind: Kind, name: str, des
                                     created_by=interaction.user.id)
     log.info("guild %s: %s %r added by %s", interaction.guild_id, kind, kit.name, interaction.user.id)
     await interaction.response.send_message(
-        f"✅ Added the {kind} **{kit.name}**: {kit.description}\nUse it now: `/generate … {kind}:{kit.name}`.",
-        ephemeral=True,
-    )
+        tr(interaction, f"catalogue.{kind}.added", name=kit.name, description=kit.description), ephemeral=True)
 
 
 async def edit_entry(interaction: discord.Interaction, kind: Kind, name: str, description: str) -> None:
@@ -58,15 +58,16 @@ async def edit_entry(interaction: discord.Interaction, kind: Kind, name: str, de
     kit = await catalogue.get_entry(db, interaction.guild_id, name, kind)
     text = catalogue.validate_description(description, kind)
     await db.update_kit(kit.id, description=text)
-    await interaction.response.send_message(f"✏️ The {kind} **{kit.name}** now reads: {text}", ephemeral=True)
+    await interaction.response.send_message(tr(interaction, f"catalogue.{kind}.edited", name=kit.name, text=text),
+                                            ephemeral=True)
 
 
 async def remove_entry(interaction: discord.Interaction, kind: Kind, name: str) -> None:
     catalogue.require_manager(interaction)
     kit = await catalogue.remove_entry(_services(interaction), interaction.guild_id, name, kind)
     log.info("guild %s: %s %r removed by %s", interaction.guild_id, kind, kit.name, interaction.user.id)
-    extra = " and its trained file" if kit.concept_id is not None else ""
-    await interaction.response.send_message(f"🗑️ Removed the {kind} **{kit.name}**{extra}.", ephemeral=True)
+    key = f"catalogue.{kind}.removed" + ("_trained" if kit.concept_id is not None else "")
+    await interaction.response.send_message(tr(interaction, key, name=kit.name), ephemeral=True)
 
 
 # --- train ------------------------------------------------------------------------------------------
@@ -82,18 +83,17 @@ async def _prepare_train(interaction: discord.Interaction, kind: Kind, name: str
     db = _services(interaction).db
     await catalogue.ensure_seeded(db, interaction.guild_id)
     if await db.get_kit(interaction.guild_id, name, kind) is not None:
-        raise InvalidInput(f"This server already has a {kind} called `{name}`. "
-                           f"Remove it first with `/{kind} remove`, or pick another name.")
+        raise keyed(InvalidInput, f"catalogue.{kind}.exists_remove_first", name=name)
     return name, text
 
 
 async def run_train(interaction: discord.Interaction, kind: Kind, name: str, description: str,
-                    attachments: list[discord.Attachment]) -> None:
+                    attachments: list[discord.Attachment], method: str | None = None) -> None:
     """Shared by the modal and the attachment options; the interaction is already deferred."""
     services = _services(interaction)
     uploads = await training_flow.read_attachments(attachments, services.settings.max_upload_bytes)
     started = await training_flow.start_training(services, interaction, uploads, kind=kind, name=name,
-                                                 guild_id=interaction.guild_id)
+                                                 guild_id=interaction.guild_id, method=method)
     try:
         await services.db.add_kit(guild_id=interaction.guild_id, name=name, description=description, kind=kind,
                                   concept_id=started.concept.id, created_by=interaction.user.id)
@@ -101,8 +101,7 @@ async def run_train(interaction: discord.Interaction, kind: Kind, name: str, des
         # The name was taken while the photos were checked: do not leave a training nobody can use.
         await cancel.cancel_concept(services, started.concept.id)
         await catalogue.delete_guild_concept(services, started.concept)
-        raise InvalidInput(
-            f"Another {kind} called `{name}` was added meanwhile; the training was cancelled.") from exc
+        raise keyed(InvalidInput, f"catalogue.{kind}.added_meanwhile", name=name) from exc
     log.info("guild %s: %s %r training as concept %s", interaction.guild_id, kind, name, started.concept.id)
 
 
@@ -113,30 +112,34 @@ class TrainEntryModal(ui.Modal):
         component=ui.FileUpload(custom_id="photos", min_values=1, max_values=10),
     )
 
-    def __init__(self, kind: Kind, name: str, description: str):
-        super().__init__(title=f"Teach KitBooth the {kind} {name}"[:45], timeout=15 * 60)
-        self.kind, self.name, self.description = kind, name, description
+    def __init__(self, kind: Kind, name: str, description: str, method: str | None = None,
+                 locale: str = "en-US"):
+        super().__init__(title=translate(f"modal.{kind}_train.title", locale, name=name)[:45], timeout=15 * 60)
+        self.kind, self.name, self.description, self.method = kind, name, description, method
+        self.photos.text = translate("modal.entry_train.photos", locale)
+        self.photos.description = translate("modal.entry_train.photos_help", locale)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         catalogue.require_manager(interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
         attachments = list(self.photos.component.values)  # type: ignore[attr-defined]
-        await run_train(interaction, self.kind, self.name, self.description, attachments)
+        await run_train(interaction, self.kind, self.name, self.description, attachments, self.method)
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
         await errors.handle_interaction_error(interaction, error, where=f"/{self.kind} train (modal)")
 
 
 async def train_entry(interaction: discord.Interaction, kind: Kind, name: str, description: str | None,
-                      attachments: list[discord.Attachment | None]) -> None:
+                      attachments: list[discord.Attachment | None], method: str | None = None) -> None:
     name, text = await _prepare_train(interaction, kind, name, description)
+    await training_methods.method_for(_services(interaction), interaction.guild_id, kind, method)
     files = [a for a in attachments if a is not None]
     if not files:
         await training_flow.check_not_training(_services(interaction), interaction.user.id)
-        await interaction.response.send_modal(TrainEntryModal(kind, name, text))
+        await interaction.response.send_modal(TrainEntryModal(kind, name, text, method, locale_of(interaction)))
         return
     await interaction.response.defer(ephemeral=True, thinking=True)
-    await run_train(interaction, kind, name, text, files)
+    await run_train(interaction, kind, name, text, files, method)
 
 
 # --- import -----------------------------------------------------------------------------------------
@@ -148,17 +151,14 @@ async def import_entry(interaction: discord.Interaction, kind: Kind, name: str, 
     name = catalogue.validate_name(name, kind)
     text = catalogue.validate_description(description or _default_description(kind, name), kind)
     # Cheap refusals before anything is downloaded.
-    imports.refuse_pickle_name(file.filename)
-    if not file.filename.lower().endswith(".safetensors"):
-        raise InvalidInput(f"`{imports._safe_name(file.filename)}` is not a `.safetensors` file. KitBooth "
-                           "imports Stable Diffusion 1.5 LoRAs and embeddings in safetensors format only.")
+    imports.refuse_by_name(file.filename)
     if file.size > settings.max_upload_bytes:
-        raise InvalidInput(f"That file is {file.size / 1e6:.1f} MB; the limit is "
-                           f"{settings.max_upload_bytes / 1e6:.1f} MB.")
+        # MiB, the size rounded up and the limit down, so a file one byte over never reads as equal to it.
+        raise keyed(InvalidInput, "catalogue.file_too_big", size=math.ceil(file.size / 2**20 * 10) / 10,
+                    limit=math.floor(settings.max_upload_bytes / 2**20 * 10) / 10)
     await catalogue.ensure_seeded(db, interaction.guild_id)
     if await db.get_kit(interaction.guild_id, name, kind) is not None:
-        raise InvalidInput(f"This server already has a {kind} called `{name}`. "
-                           f"Remove it first with `/{kind} remove`, or pick another name.")
+        raise keyed(InvalidInput, f"catalogue.{kind}.exists_remove_first", name=name)
     await interaction.response.defer(ephemeral=True, thinking=True)
     data = await file.read()
     info = await asyncio.to_thread(imports.check_import, data, file.filename,
@@ -181,7 +181,7 @@ async def import_entry(interaction: discord.Interaction, kind: Kind, name: str, 
     log.info("guild %s: %s %r imported (%s) by %s", interaction.guild_id, kind, name, info.summary(),
              interaction.user.id)
     await interaction.followup.send(
-        f"📦 Imported the {kind} **{name}** — {info.summary()}. It's ready: `/generate … {kind}:{name}`.",
+        tr(interaction, f"catalogue.{kind}.imported", name=name, summary=info.summary()),
         ephemeral=True,
     )
 
@@ -198,9 +198,12 @@ class CataloguePages(ui.View):
     """Paginated /kits and /styles (only the person who asked can turn the pages)."""
 
     def __init__(self, services: Services, owner_id: int, kind: Kind, title: str, entries: list[Kit],
-                 concepts: dict[int, str]):
+                 concepts: dict[int, str], locale: str = "en-US"):
         super().__init__(timeout=10 * 60)
         self.services, self.owner_id, self.kind, self.title = services, owner_id, kind, title
+        self.locale = locale
+        self.prev.label = translate("catalogue.prev", locale)
+        self.next.label = translate("catalogue.next", locale)
         self.entries, self.concepts, self.page = entries, concepts, 0
         self.pages = max(1, math.ceil(len(entries) / PAGE_SIZE))
         self._sync_buttons()
@@ -213,12 +216,12 @@ class CataloguePages(ui.View):
         chunk = self.entries[self.page * PAGE_SIZE:(self.page + 1) * PAGE_SIZE]
         embed = discord.Embed(title=self.title, colour=discord.Colour.green())
         if not chunk:
-            embed.description = f"No {self.kind}s yet. An admin can add one with `/{self.kind} add`."
+            embed.description = translate(f"catalogue.{self.kind}.none_yet", self.locale)
         lines = [f"{_badge(k, self.concepts)} **{k.name}** — {k.description[:120]}" for k in chunk]
         if lines:
             embed.description = "\n".join(lines)[:4000]
-        embed.set_footer(text=f"Page {self.page + 1}/{self.pages} · {len(self.entries)} {self.kind}s · "
-                              "📝 words  🧠 trained/imported  ⏳ learning")
+        embed.set_footer(text=translate(f"catalogue.{self.kind}.footer", self.locale, page=self.page + 1,
+                                        pages=self.pages, count=len(self.entries)))
         embeds, files = [embed], []
         for k in chunk:
             if len(files) >= MAX_PREVIEWS or not k.preview_key:
@@ -234,7 +237,7 @@ class CataloguePages(ui.View):
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         if interaction.user.id != self.owner_id:
-            raise NotAllowed(f"Only the person who asked can turn these pages — run `/{self.kind}s` yourself.")
+            raise keyed(NotAllowed, f"catalogue.{self.kind}.pages_not_yours")
         return True
 
     async def on_error(self, interaction: discord.Interaction, error: Exception, item: ui.Item) -> None:
@@ -258,7 +261,7 @@ class CataloguePages(ui.View):
 
 async def list_entries(interaction: discord.Interaction, kind: Kind, search: str | None) -> None:
     if interaction.guild_id is None:
-        raise NotAllowed("The catalogue belongs to a server: run this in a server channel.")
+        raise keyed(NotAllowed, "catalogue.needs_server")
     services = _services(interaction)
     await catalogue.ensure_seeded(services.db, interaction.guild_id)
     entries = await services.db.list_kits(interaction.guild_id, kind, search=(search or "").strip()[:40])
@@ -268,9 +271,11 @@ async def list_entries(interaction: discord.Interaction, kind: Kind, search: str
             c = await services.db.get_concept(k.concept_id)
             if c is not None:
                 concepts[k.concept_id] = c.status
-    guild_name = interaction.guild.name if interaction.guild else "this server"
-    title = f"{'Kits' if kind == 'kit' else 'Styles'} of {guild_name}" + (f" matching “{search}”" if search else "")
-    view = CataloguePages(services, interaction.user.id, kind, title, entries, concepts)
+    locale = locale_of(interaction)
+    guild_name = interaction.guild.name if interaction.guild else "?"
+    title = translate(f"catalogue.{kind}.title", locale, guild=guild_name) + (
+        translate("catalogue.matching", locale, search=search) if search else "")
+    view = CataloguePages(services, interaction.user.id, kind, title, entries, concepts, locale)
     embeds, files = await view.render()
     kwargs = {"embeds": embeds, "ephemeral": True}
     if view.pages > 1:
@@ -302,16 +307,19 @@ def make_group(kind: Kind) -> app_commands.Group:
 
     @group.command(name="train", description=f"Teach KitBooth a {kind} from 1-10 photos.")
     @app_commands.describe(name=f"Name of the new {kind}", description="Words for the prompt (optional)",
-                           photo1="A photo (leave all empty to get an upload form)")
+                           photo1="A photo (leave all empty to get an upload form)",
+                           method=f"Advanced: how to learn the {kind} (default: LoRA)")
+    @app_commands.choices(method=training_methods.choices(kind))
     async def train(interaction: discord.Interaction, name: app_commands.Range[str, 1, limits.NAME_CHARS],
                     description: app_commands.Range[str, 1, limits.DESCRIPTION_CHARS] | None = None,
                     photo1: discord.Attachment | None = None, photo2: discord.Attachment | None = None,
                     photo3: discord.Attachment | None = None, photo4: discord.Attachment | None = None,
-                    photo5: discord.Attachment | None = None) -> None:
-        await train_entry(interaction, kind, name, description, [photo1, photo2, photo3, photo4, photo5])
+                    photo5: discord.Attachment | None = None, method: str | None = None) -> None:
+        await train_entry(interaction, kind, name, description, [photo1, photo2, photo3, photo4, photo5], method)
 
-    @group.command(name="import", description=f"Import a {kind} from an SD 1.5 .safetensors LoRA or embedding.")
-    @app_commands.describe(name=f"Name of the new {kind}", file="A .safetensors LoRA or embedding for SD 1.5",
+    @group.command(name="import", description=f"Import a {kind} from an SD 1.5 LoRA, embedding or hypernetwork.")
+    @app_commands.describe(name=f"Name of the new {kind}",
+                           file="An SD 1.5 .safetensors LoRA, embedding or hypernetwork, or an A1111 hypernetwork .pt",
                            description="Words for the prompt (optional)")
     async def import_(interaction: discord.Interaction, name: app_commands.Range[str, 1, limits.NAME_CHARS],
                       file: discord.Attachment,

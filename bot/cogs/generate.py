@@ -16,6 +16,7 @@ from discord.ext import commands
 
 from bot import catalogue, jobs
 from bot.generate_request import describe, enqueue_generate, prepare_request
+from bot.translator import locale_of, tr
 from kitbooth import limits
 
 if TYPE_CHECKING:
@@ -53,8 +54,10 @@ class GenerateCog(commands.Cog):
                                           count=count, seed=seed, shape=shape)
         await interaction.response.defer(thinking=True)  # public: the results land in this message
         job, queue = await enqueue_generate(services, interaction, req, face)
-        sent = await interaction.followup.send(f"{describe(req)}\n⏳ {jobs.format_queue(queue)} · job {job.id}",
-                                               wait=True)
+        locale = locale_of(interaction)
+        sent = await interaction.followup.send(
+            tr(interaction, "queued.generate", request=describe(req, locale), queue=jobs.format_queue(queue, locale),
+               job_id=str(job.id)), wait=True)
         await jobs.record_echo(services, job, sent)  # /forget deletes it
 
     @generate.autocomplete("kit")

@@ -10,14 +10,17 @@ import logging
 import re
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands, ui
 from discord.ext import commands
 
 from bot import errors, forget, jobs, quotas
+from bot import squads as squad_rules
+from bot.translator import locale_of, tr
 from kitbooth.errors import NotFound
+from kitbooth.i18n import keyed, translate
 
 if TYPE_CHECKING:
     from bot.app import KitBoothBot
@@ -28,7 +31,7 @@ log = logging.getLogger(__name__)
 
 CONFIRM_TTL_S = 10 * 60
 FORGET_TEMPLATE = r"kbf:(?P<action>yes|no):(?P<owner>\d+):(?P<issued>\d+)"
-FORGET_PROMPT = (
+FORGET_PROMPT = (  # forget.prompt in English; the member reads it in their language
     "⚠️ **Forget me** deletes everything KitBooth holds about you, everywhere: queued and running jobs, your "
     "photos, your trained face, your generated images (and the bot's messages that show them), your exports and "
     "every record of you. This cannot be undone.\n\nPress **Delete everything** to confirm."
@@ -41,9 +44,9 @@ def _services(interaction: discord.Interaction) -> Services:
 
 
 class ForgetButton(ui.DynamicItem[ui.Button], template=re.compile(FORGET_TEMPLATE)):
-    def __init__(self, action: str, owner_id: int, issued: int) -> None:
-        label, style = (("Delete everything", discord.ButtonStyle.danger) if action == "yes"
-                        else ("Cancel", discord.ButtonStyle.secondary))
+    def __init__(self, action: str, owner_id: int, issued: int, locale: str = "en-US") -> None:
+        label, style = ((translate("forget.button_yes", locale), discord.ButtonStyle.danger) if action == "yes"
+                        else (translate("forget.button_no", locale), discord.ButtonStyle.secondary))
         super().__init__(ui.Button(label=label, style=style, custom_id=f"kbf:{action}:{owner_id}:{issued}"))
         self.action, self.owner_id, self.issued = action, owner_id, issued
 
@@ -55,36 +58,36 @@ class ForgetButton(ui.DynamicItem[ui.Button], template=re.compile(FORGET_TEMPLAT
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
         if interaction.user.id != self.owner_id:
             log.warning("forget: user %s pressed the /forget button of user %s", interaction.user.id, self.owner_id)
-            await errors.reply(interaction, NOT_YOURS)
+            await errors.reply(interaction, tr(interaction, "refusal.forget_not_yours"))
             return False
         return True
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
             if self.action == "no":
-                await interaction.response.edit_message(content="Nothing was deleted.", view=None)
+                await interaction.response.edit_message(content=tr(interaction, "forget.nothing_deleted"), view=None)
                 return
             if time.time() - self.issued > CONFIRM_TTL_S:
                 await interaction.response.edit_message(
-                    content="This confirmation expired — run `/forget` again.", view=None)
+                    content=tr(interaction, "forget.expired"), view=None)
                 return
             # Acknowledge at once (the deletion can take a few seconds), then report.
-            await interaction.response.edit_message(content="🧹 Deleting everything of yours…", view=None)
+            await interaction.response.edit_message(content=tr(interaction, "forget.deleting"), view=None)
             report = await forget.forget_user(_services(interaction), self.owner_id, client=interaction.client)
-            text = "✅ Done. KitBooth no longer holds anything of yours. Deleted:\n" + "\n".join(report.lines())
+            locale = locale_of(interaction)
+            text = tr(interaction, "forget.done") + "\n" + "\n".join(report.lines(locale))
             if report.still_running:
-                text += ("\n\nA job of yours was running; it stops at its next step and anything it writes "
-                         "is discarded.")
+                text += "\n\n" + tr(interaction, "forget.still_running")
             await interaction.edit_original_response(content=text)
         except Exception as exc:  # DynamicItem callbacks have no error hook of their own
             await errors.handle_interaction_error(interaction, exc, where="/forget confirm")
 
 
-def forget_view(owner_id: int, issued: int | None = None) -> ui.View:
+def forget_view(owner_id: int, issued: int | None = None, locale: str = "en-US") -> ui.View:
     issued = int(time.time()) if issued is None else issued
     view = ui.View(timeout=None)
-    view.add_item(ForgetButton("yes", owner_id, issued))
-    view.add_item(ForgetButton("no", owner_id, issued))
+    view.add_item(ForgetButton("yes", owner_id, issued, locale))
+    view.add_item(ForgetButton("no", owner_id, issued, locale))
     return view
 
 
@@ -98,34 +101,35 @@ def _when(iso: str | None) -> str:
         return iso
 
 
-async def face_status(services: Services, user_id: int) -> str:
+async def face_status(services: Services, user_id: int, locale: str = "en-US") -> str:
     faces: list[Concept] = await services.db.list_concepts(owner_id=user_id, kind="face")
     ready = await services.db.ready_face(user_id)
     latest = faces[-1] if faces else None
     lines = []
     if ready is not None:
-        size = f"{ready.size_bytes / 1e6:.1f} MB" if ready.size_bytes else "?"
-        lines.append(f"✅ Your face is ready (trained {_when(ready.updated_at)}, {size}, {ready.method}).")
+        size = translate("ready.megabytes", locale, size=ready.size_bytes / 1e6) if ready.size_bytes else "?"
+        lines.append(translate("me.face_ready", locale, when=_when(ready.updated_at), size=size, method=ready.method))
     if latest is not None and latest.status in ("pending", "training"):
         active = [j for j in await services.db.active_jobs(user_id) if j.kind == "train"
                   and j.concept_id == latest.id]
         if active and active[0].status == "running":
-            where = f"training now (started {_when(active[0].started_at)})"
+            where = translate("me.training_now", locale, when=_when(active[0].started_at))
         elif active:
             info = await jobs.queue_position(services, active[0])
-            where = jobs.format_queue(info)
+            where = jobs.format_queue(info, locale)
         else:
-            where = "waiting for the worker"
-        prefix = "🔄 A new training is" if ready is not None else "🏋️ Your face is"
-        lines.append(f"{prefix} {where}.")
+            where = translate("me.waiting_for_worker", locale)
+        key = "me.new_training_is" if ready is not None else "me.face_is"
+        lines.append(translate(key, locale, where=where))
     elif latest is not None and latest.status == "failed" and ready is None:
-        lines.append(f"❌ Your last training failed: {latest.error or 'unknown error'}. Try `/train` again.")
+        lines.append(translate("me.last_training_failed", locale,
+                               error=latest.error or translate("me.unknown_error", locale)))
     if not lines:
-        lines.append("You haven't trained your face yet — `/train` with 4-10 selfies.")
+        lines.append(translate("me.no_face", locale))
     return "\n".join(lines)
 
 
-async def recent_images(services: Services, user_id: int, limit: int = 5) -> str:
+async def recent_images(services: Services, user_id: int, limit: int = 5, locale: str = "en-US") -> str:
     outputs = await services.db.list_outputs(user_id=user_id, limit=50)
     by_job: dict[int, int] = {}
     for o in outputs:
@@ -138,9 +142,10 @@ async def recent_images(services: Services, user_id: int, limit: int = 5) -> str
         prompt = str(job.payload.get("prompt", ""))[:60]
         link = ""
         if job.guild_id and job.channel_id and job.message_id:
-            link = f" — [open](https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.message_id})"
-        lines.append(f"• {n} image{'s' * (n != 1)} {_when(job.created_at)}: “{prompt}”{link}")
-    return "\n".join(lines) or "None yet — `/generate` once your face is ready."
+            link = " — [" + translate("me.open", locale) + \
+                f"](https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.message_id})"
+        lines.append(translate("me.recent_line", locale, count=n, when=_when(job.created_at), prompt=prompt) + link)
+    return "\n".join(lines) or translate("me.no_images", locale)
 
 
 class PrivacyCog(commands.Cog):
@@ -154,39 +159,51 @@ class PrivacyCog(commands.Cog):
         self.bot.remove_dynamic_items(ForgetButton)
 
     @app_commands.command(name="me", description="Your face's training status, images left today and recent images.")
-    async def me(self, interaction: discord.Interaction) -> None:
+    @app_commands.describe(squads="Let members name you in /squad photos", block="Stop this member naming you in "
+                           "/squad", unblock="Let this member name you in /squad again")
+    async def me(self, interaction: discord.Interaction, squads: Literal["on", "off"] | None = None,
+                 block: discord.Member | None = None, unblock: discord.Member | None = None) -> None:
         services = _services(interaction)
         user_id = interaction.user.id
+        if squads is not None or block is not None or unblock is not None:  # squad settings (bot.squads)
+            text = await squad_rules.apply_settings(services, user_id, invitations=squads, block=block,
+                                                    unblock=unblock, locale=locale_of(interaction))
+            await interaction.response.send_message(text, ephemeral=True)
+            return
         await interaction.response.defer(ephemeral=True, thinking=True)
         left, quota = await quotas.images_left(services, user_id, interaction.guild_id)
         active = await services.db.active_jobs(user_id)
-        embed = discord.Embed(title="You and KitBooth", colour=discord.Colour.blurple())
-        embed.add_field(name="Face", value=await face_status(services, user_id), inline=False)
-        embed.add_field(name="Today", value=f"{left} of {quota} images left (resets 00:00 UTC)", inline=True)
-        embed.add_field(name="Jobs", value=f"{len(active)} queued or running (`/queue`)", inline=True)
-        embed.add_field(name="Recent images", value=await recent_images(services, user_id), inline=False)
+        loc = locale_of(interaction)
+        embed = discord.Embed(title=translate("me.title", loc), colour=discord.Colour.blurple())
+        embed.add_field(name=translate("me.face", loc), value=await face_status(services, user_id, loc), inline=False)
+        embed.add_field(name=translate("me.today", loc), value=translate("me.images_left", loc, left=left,
+                                                                          quota=quota), inline=True)
+        embed.add_field(name=translate("me.jobs", loc), value=translate("me.jobs_active", loc, count=len(active)),
+                        inline=True)
+        embed.add_field(name=translate("me.recent", loc), value=await recent_images(services, user_id, locale=loc),
+                        inline=False)
         user = await services.db.get_user(user_id)
-        consent = f"consent to face training given {_when(user.consent_at)}" if user and user.consent_at else \
-            "no consent on record"
-        embed.set_footer(text=f"{consent} · /export to take your face along · /forget deletes everything")
+        consent = translate("me.consent_given", loc, when=_when(user.consent_at)) if user and user.consent_at \
+            else translate("me.no_consent", loc)
+        embed.set_footer(text=translate("me.footer", loc, consent=consent))
         await interaction.followup.send(embed=embed, ephemeral=True)
 
     @app_commands.command(name="forget", description="Delete everything KitBooth holds about you.")
     async def forget_cmd(self, interaction: discord.Interaction) -> None:
-        await interaction.response.send_message(FORGET_PROMPT, view=forget_view(interaction.user.id),
+        await interaction.response.send_message(tr(interaction, "forget.prompt"),
+                                                view=forget_view(interaction.user.id, locale=locale_of(interaction)),
                                                 ephemeral=True)
 
     @app_commands.command(name="export", description="Get your trained face as A1111/kohya files by DM.")
     async def export(self, interaction: discord.Interaction) -> None:
         services = _services(interaction)
         if await services.db.ready_face(interaction.user.id) is None:
-            raise NotFound("You have no trained face to export yet — run `/train` first (`/me` shows its status).")
+            raise keyed(NotFound, "refusal.nothing_to_export")
         await interaction.response.defer(ephemeral=True, thinking=True)
         job = await forget.start_export(services, interaction)
         info = await jobs.queue_position(services, job)
         await interaction.followup.send(
-            f"📦 Export queued ({jobs.format_queue(info)}). Your files (AUTOMATIC1111 and kohya formats) will "
-            "arrive by DM — make sure DMs from server members are allowed.", ephemeral=True)
+            tr(interaction, "export.queued", queue=jobs.format_queue(info, locale_of(interaction))), ephemeral=True)
 
 
 async def setup(bot: KitBoothBot) -> None:

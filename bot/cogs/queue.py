@@ -9,37 +9,40 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import jobs
+from bot.translator import locale_of
+from kitbooth.i18n import translate
 
 if TYPE_CHECKING:
     from bot.app import KitBoothBot
     from bot.services import Services
 
+# English labels (queue.kind.<kind> in the catalogues).
 KIND_LABELS = {"train": "🏋️ training", "generate": "🎨 images", "vary": "🎲 variation", "reroll": "🔁 reroll",
                "upscale": "🔍 upscale", "export": "📦 export"}
 
 
-async def queue_text(services: Services, user_id: int) -> str:
+async def queue_text(services: Services, user_id: int, locale: str = "en-US") -> str:
     mine = await services.db.active_jobs(user_id)
     lines = []
     depth = None
     for job in mine:
         info = await jobs.queue_position(services, job)
         depth = info.depth
-        label = KIND_LABELS.get(job.kind, job.kind)
+        label = translate(f"queue.kind.{job.kind}", locale) if job.kind in KIND_LABELS else job.kind
         if job.status == "running":
-            where = "running now"
+            where = translate("queue.running_now", locale)
         elif info.position:
-            where = jobs.format_queue(info)
+            where = jobs.format_queue(info, locale)
         else:
-            where = "waiting for the next training slice" if job.kind == "train" else "about to start"
+            where = translate("queue.next_slice" if job.kind == "train" else "queue.about_to_start", locale)
         prompt = job.payload.get("prompt") if isinstance(job.payload, dict) else None
         extra = f" — “{str(prompt)[:50]}”" if prompt else ""
-        lines.append(f"• {label} (job {job.id}): {where}{extra}")
+        lines.append(translate("queue.line", locale, label=label, job_id=str(job.id), where=where) + extra)
     if depth is None:
         depth = int(await services.arq.zcard(services.settings.queue_name))
-    head = "\n".join(lines) if lines else "You have no jobs queued or running."
-    busy = "empty" if depth == 0 else f"{depth} job{'s' * (depth != 1)} waiting"
-    return f"{head}\n\nQueue overall: {busy}."
+    head = "\n".join(lines) if lines else translate("queue.none", locale)
+    busy = translate("queue.empty", locale) if depth == 0 else translate("queue.waiting", locale, count=depth)
+    return f"{head}\n\n" + translate("queue.overall", locale, busy=busy)
 
 
 class QueueCog(commands.Cog):
@@ -50,7 +53,8 @@ class QueueCog(commands.Cog):
     async def queue(self, interaction: discord.Interaction) -> None:
         services: Services = interaction.client.services  # type: ignore[attr-defined]
         await interaction.response.defer(ephemeral=True, thinking=True)
-        await interaction.followup.send(await queue_text(services, interaction.user.id), ephemeral=True)
+        await interaction.followup.send(await queue_text(services, interaction.user.id, locale_of(interaction)),
+                                        ephemeral=True)
 
 
 async def setup(bot: KitBoothBot) -> None:

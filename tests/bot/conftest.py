@@ -16,6 +16,38 @@ from typing import Any
 
 import pytest
 
+# --- member locales -------------------------------------------------------------------------------------
+# SimCord 3.2.1 builds every interaction payload in ``simcord.interactions.base_payload`` with ``locale`` and
+# ``guild_locale`` fixed to "en-US". This is the ONE place the tests change that: ``member_locales`` wraps
+# ``base_payload`` (SimCord's actors call it through the module) so ``locale`` is the member's, as set with
+# ``with_locale(member, "de")``, and ``guild_locale`` is the guild's own ``preferred_locale``
+# (``env.create_guild(preferred_locale="pt-BR")``). Members without one stay "en-US".
+_MEMBER_LOCALES: dict[int, str] = {}
+
+
+def with_locale(member: Any, locale: str) -> Any:
+    """Interactions ``member`` sends from now on (this test) carry ``locale`` (a Discord code, e.g. "de")."""
+    _MEMBER_LOCALES[int(member.id)] = locale
+    return member
+
+
+@pytest.fixture(autouse=True)
+def member_locales(monkeypatch):
+    from simcord import interactions
+
+    original = interactions.base_payload
+
+    def base_payload(backend, *, user_id, guild_id, **kwargs):
+        record, payload = original(backend, user_id=user_id, guild_id=guild_id, **kwargs)
+        payload["locale"] = _MEMBER_LOCALES.get(int(user_id), "en-US")
+        if guild_id is not None:
+            payload["guild_locale"] = backend.get_guild(guild_id).preferred_locale
+        return record, payload
+
+    monkeypatch.setattr(interactions, "base_payload", base_payload)
+    yield
+    _MEMBER_LOCALES.clear()
+
 
 @pytest.fixture
 def bot_setting_overrides() -> dict[str, Any]:

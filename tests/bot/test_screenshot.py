@@ -3,8 +3,9 @@ through SimCord's REST) posts the result, and SimCord's preview page of the chan
 chromium. Then /forget's confirmation. Skipped without chromium (``apt-get install chromium``) or
 SimCord's preview runtime (``pip install 'simcord[preview]'``).
 
-``KITBOOTH_SCREENSHOT_DIR=docs`` (what ``scripts/screenshot.py`` sets) writes ``screenshot.png`` and
-``screenshot-forget.png`` there; otherwise into the test's temp folder."""
+``KITBOOTH_SCREENSHOT_DIR=docs`` (what ``scripts/screenshot.py`` sets) writes ``screenshot.png``,
+``screenshot-forget.png``, ``screenshot-squad.png`` and ``screenshot-help-de.png`` there; otherwise into the
+test's temp folder."""
 
 from __future__ import annotations
 
@@ -99,5 +100,37 @@ async def test_screenshot_of_a_result_and_of_forget(arena, worker, tmp_path):
     forget = await alice.slash(ch, "forget")
     await _screenshot(env, ch, alice, forget, out / "screenshot-forget.png", size=(1100, 700))
     for name in ("screenshot.png", "screenshot-forget.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) < MAX_BYTES, (name, len(data))
+
+
+async def test_screenshot_of_a_squad_and_of_help_in_german(arena, worker, tmp_path):
+    from tests.bot.conftest import with_locale
+    from tests.worker.conftest import face_artifact
+    from training.artifact import save_artifact
+
+    s, env, alice, bob, ch = arena.services, arena.env, arena.alice, arena.bob, arena.channel
+    for seed, member in enumerate((alice, bob), start=1):
+        await make_ready_face(s, member.id, tokens=(f"<kb-face-{seed}>",), data=save_artifact(face_artifact(seed)))
+    env.backend.advance_clock(time.time() - env.backend.clock.now().timestamp())
+    await alice.slash(ch, "squad", prompt="lifting the trophy together", kit="Arsenal home", member1=bob)
+    (invite,) = [m for m in ch.history() if m.content.startswith(bob.mention) and m.components]
+    await bob.click(invite, label="✅ Approve")
+    (job,) = await s.db.list_jobs(user_id=alice.id, kind="squad")
+
+    async def done():
+        j = await s.db.get_job(job.id)
+        return j if j.status in ("done", "failed") else None
+
+    assert (await _until(arena, done)).status == "done"
+    result = ch.last_message
+    assert result.attachments and bob.mention in result.content
+
+    out = _out_dir(tmp_path)
+    await _screenshot(env, ch, bob, result, out / "screenshot-squad.png", size=(1100, 1250))
+    help_ = await with_locale(alice, "de").slash(ch, "help")
+    assert "`/erstellen`" in help_.response.content, help_.response.content  # the German command names
+    await _screenshot(env, ch, alice, help_, out / "screenshot-help-de.png", size=(1100, 1000))
+    for name in ("screenshot-squad.png", "screenshot-help-de.png"):
         data = (out / name).read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) < MAX_BYTES, (name, len(data))

@@ -31,11 +31,12 @@ from tests.bot.conftest import (  # noqa: F401 (fixture re-exports: the real bot
     bot_settings,
     simcord_bot,
 )
+from tests.redis_dbs import area_redis_url
 from tests.storage.conftest import S3Server, free_port, s3_server  # noqa: F401 (fixture re-export)
 from tests.worker.conftest import base_engine, engine  # noqa: F401 (fixture re-exports; base_engine resets it per test)
 
 ROOT = Path(__file__).resolve().parents[2]
-OPS_REDIS_URL = os.environ.get("KITBOOTH_TEST_OPS_REDIS_URL", "redis://127.0.0.1:6379/12")
+OPS_REDIS_URL = area_redis_url("KITBOOTH_TEST_OPS_REDIS_URL", 12)
 
 __all__ = ["ROOT", "S3Server", "free_port", "spawn", "stop"]
 

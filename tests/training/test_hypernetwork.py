@@ -194,12 +194,11 @@ def test_apply_with_strength_and_exact_removal(pipe):
 
 
 def test_training_changes_only_the_hypernetwork_and_lowers_loss(pipe):
-    cfg = default_config("face", method="lora", resolution=64, batch_size=2, steps=10, checkpoint_every=0,
-                         overfit_fixed_batch=True, snr_gamma=None)
+    cfg = default_config("face", method="hypernetwork", resolution=64, batch_size=2, steps=10, checkpoint_every=0,
+                         overfit_fixed_batch=True, snr_gamma=None, hyper_activation="relu", lr_hyper=3e-3)
     before = _snapshot(pipe)
     base = _generate(pipe)
-    trainer = HypernetworkTrainer(pipe, synthetic_images(), cfg,
-                                  HypernetworkConfig(sizes=(DIM,), activation_func="relu"), lr=3e-3)
+    trainer = HypernetworkTrainer(pipe, synthetic_images(), cfg)
     start = [p.detach().clone() for p in trainer.network.parameters()]
     first = trainer.fixed_batch_loss()
     assert trainer.run(max_steps=4) == 4 and not trainer.done
@@ -233,18 +232,20 @@ def test_composes_with_resident_lora_and_leaves_it_as_it_was(tiny_model_dir):
 
 
 def test_resume_in_a_new_trainer_matches_an_uninterrupted_one(pipe):
-    cfg = default_config("face", method="lora", resolution=64, batch_size=2, steps=6, checkpoint_every=0)
-    hcfg = HypernetworkConfig(sizes=(DIM,), activation_func="relu", use_dropout=True, layer_structure=(1, 2, 2, 1))
-    straight = HypernetworkTrainer(pipe, synthetic_images(), cfg, hcfg, lr=1e-3)
+    cfg = default_config("face", method="hypernetwork", resolution=64, batch_size=2, steps=6, checkpoint_every=0,
+                         hyper_activation="relu", hyper_dropout=True, hyper_layer_structure=(1, 2, 2, 1),
+                         lr_hyper=1e-3)
+    straight = HypernetworkTrainer(pipe, synthetic_images(), cfg)
+    assert straight.network.config.dropouts == (0.0, 0.3, 0.0, 0.0)
     straight.run(max_steps=3)
     saved = straight.state_dict()
     straight.run()
-    resumed = HypernetworkTrainer(pipe, [], cfg, hcfg, lr=1e-3)
+    resumed = HypernetworkTrainer(pipe, [], cfg)
     resumed.load_state_dict(saved)
     assert resumed.step == 3 and resumed.run() == 6
     for a, b in zip(straight.network.parameters(), resumed.network.parameters(), strict=True):
         assert torch.equal(a, b)
-    other = HypernetworkTrainer(pipe, [], cfg, hcfg.replace(activation_func="tanh"), lr=1e-3)
+    other = HypernetworkTrainer(pipe, [], cfg.replace(hyper_activation="tanh"))
     with pytest.raises(BadCheckpoint):
         other.load_state_dict(saved)
     with pytest.raises(ValueError, match="no training images"):

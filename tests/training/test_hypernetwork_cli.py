@@ -54,3 +54,33 @@ def test_train_writes_an_a1111_file(tmp_path, tiny_model_dir, capsys):
     assert net.step == 3 and net.config.sizes == (TINY_HIDDEN,) and net.name == "style"
     raw = torch.load(out, weights_only=True)
     assert raw["activation_func"] == "relu" and sorted(k for k in raw if isinstance(k, int)) == [TINY_HIDDEN]
+
+
+def test_kitbooth_train_method_hypernetwork_and_inspect(tmp_path, tiny_model_dir, capsys):
+    import json
+
+    from training.artifact import load_artifact
+    from training.hypernetwork import Hypernetwork, HypernetworkConfig
+    from training.hypernetwork_files import save_a1111
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, im in enumerate(synthetic_images()):
+        im.resize((256, 256)).save(photos / f"{i}.png")
+    out = tmp_path / "kit.safetensors"
+    assert main(["train", "--photos", str(photos), "--kind", "kit", "--method", "hypernetwork", "--out", str(out),
+                 "--base-model", str(tiny_model_dir), "--resolution", "64", "--steps", "2", "--no-progress"]) == 0
+    art = load_artifact(out)
+    assert (art.method, art.kind, art.steps, art.tokens) == ("hypernetwork", "kit", 2, ["zwkit"])
+    capsys.readouterr()
+    # An SD 1.5 hypernetwork (768 wide; a thin 1,0.05,1 keeps it small) as kitbooth inspect describes it.
+    net = Hypernetwork(HypernetworkConfig(sizes=(768,), layer_structure=(1, 0.05, 1), activation_func="relu"),
+                       name="thin")
+    pt = tmp_path / "thin.pt"
+    save_a1111(net, pt)
+    assert main(["inspect", str(pt), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["format"], info["method"], info["tokens"]) == ("a1111", "imported", ["thin"])
+    h = info["hypernetwork"]
+    assert (h["name"], h["layer_structure"], h["activation"], h["widths"]) == ("thin", "1,0.05,1", "relu", [768])
+    assert h["parameters"] == info["parameters"] == info["full_size_parameters"] == 2 * (768 * 38 + 38 + 38 * 768 + 768)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import uuid
 from typing import Any
@@ -25,8 +24,9 @@ from discord.ext import commands
 
 from gpu_worker import contract
 from gpu_worker.context import CTX_KEY, WorkerContext
+from tests.redis_dbs import area_redis_url
 
-WORKER_REDIS_URL = os.environ.get("KITBOOTH_TEST_WORKER_REDIS_URL", "redis://127.0.0.1:6379/14")
+WORKER_REDIS_URL = area_redis_url("KITBOOTH_TEST_WORKER_REDIS_URL", 14)
 
 
 def wctx(worker) -> WorkerContext:
