@@ -99,6 +99,7 @@ class DreamBoothTrainer(SlicedTrainer):
         super().__init__(pipe, config, base_model_id=base_model_id, progress=progress, should_stop=should_stop,
                          on_checkpoint=on_checkpoint)
         self.store = store
+        self._drawing_may_stop = True
         self.class_generated = 0  # class images drawn by this trainer (0: reused from the store)
 
         self.unet = clean_copy(pipe.unet, self.device)
@@ -133,8 +134,15 @@ class DreamBoothTrainer(SlicedTrainer):
     # -- the Trainer interface (run, load_state_dict: training.sliced_trainer) ---------------------
     def state_dict(self) -> bytes:
         """Trained weights, optimizer, scaler, RNG states, step, and both cached latent sets."""
-        self._prepare()
+        self._drawing_may_stop = False  # a checkpoint needs the whole class set
+        try:
+            self._prepare()
+        finally:
+            self._drawing_may_stop = True
         return super().state_dict()
+
+    def _stop_drawing(self) -> bool:
+        return self._drawing_may_stop and self.should_stop is not None and self.should_stop()
 
     def deltas(self) -> dict[str, dict[str, torch.Tensor]]:
         """part -> layer path -> ``W_trained − W_base`` (fp32, on the training device)."""
@@ -191,7 +199,10 @@ class DreamBoothTrainer(SlicedTrainer):
     def _prepare(self) -> None:
         self.data.ensure()
         if self.prior.latents is None:
-            images, self.class_generated = class_images(self.pipe, self.class_set, self.store)
+            images, self.class_generated = class_images(self.pipe, self.class_set, self.store, self._stop_drawing)
+            if len(images) < self.class_set.count:  # cancelled while drawing (the drawn ones are in the store)
+                self.stopped = True
+                return
             self.prior.images = [square_resize(im, self.config.resolution) for im in images]
             self.prior.masks = [None] * len(images)
             self.prior.captions = [[self.class_set.prompt]] * len(images)

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,9 +65,11 @@ class ClassSet:
         return f"{self.prefix}done.json"
 
 
-def class_images(pipe: Any, spec: ClassSet, store: Store | None) -> tuple[list[Image.Image], int]:
+def class_images(pipe: Any, spec: ClassSet, store: Store | None,
+                 should_stop: Callable[[], bool] | None = None) -> tuple[list[Image.Image], int]:
     """The class images of ``spec`` and how many were generated now (0: all came from the store). Each batch is
-    stored as soon as it is drawn, so a try that timed out half-way resumes where it stopped."""
+    stored as soon as it is drawn, so a try that timed out half-way resumes where it stopped. ``should_stop``
+    (a cancel) is checked before each batch drawn: when it says stop, fewer than ``spec.count`` images return."""
     if store is not None and store.exists(spec.done_key):
         try:
             return [_read(store, spec.image_key(i)) for i in range(spec.count)], 0
@@ -79,6 +82,8 @@ def class_images(pipe: Any, spec: ClassSet, store: Store | None) -> tuple[list[I
         n = min(BATCH, spec.count - start)
         have = _stored(store, spec, start, n)
         if have is None:
+            if should_stop is not None and should_stop():
+                return images, generated
             have = generate(pipe, spec, start, n)
             generated += n
             if store is not None:

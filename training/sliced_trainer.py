@@ -87,6 +87,8 @@ class SlicedTrainer:
             return self._step
         started, first = time.monotonic(), self._step
         self._prepare()
+        if self.stopped:  # the preparation itself saw the stop flag (DreamBooth drawing its class images)
+            return self._step
         with self._attached():
             while self._step < target:
                 if self.should_stop is not None and self.should_stop():
@@ -164,7 +166,8 @@ class SlicedTrainer:
         raise NotImplementedError
 
     def _prepare(self) -> None:
-        """Before a slice or a checkpoint: the cached latents (and whatever else the trainer draws once)."""
+        """Before a slice or a checkpoint: the cached latents (and whatever else the trainer draws once); sets
+        ``stopped`` when ``should_stop`` cut it short."""
         self.data.ensure()
 
     def _attached(self) -> AbstractContextManager[None]:

@@ -147,3 +147,20 @@ def test_text_encoder_option_trains_a_copy_of_it_too(pipe, store):
     assert art.text_lora and "text_delta_rel_error" in art.extra
     assert all(torch.equal(before[k], v) for k, v in pipe.text_encoder.state_dict().items())
     assert read_concept(save_artifact(art), TINY, kind="face").targets == ("text_encoder", "unet")
+
+
+def test_a_cancel_while_drawing_class_images_stops_before_the_next_batch(pipe, store, monkeypatch):
+    from training import dreambooth_prior
+
+    monkeypatch.setattr(dreambooth_prior, "BATCH", 1)  # two batches of one image
+    drawn = []
+    real = dreambooth_prior.generate
+    monkeypatch.setattr(dreambooth_prior, "generate", lambda *a: drawn.append(a[2]) or real(*a))
+    stop = []
+    tr = DreamBoothTrainer(pipe, synthetic_images(), db_config(steps=2), base_model_id="tiny", store=store,
+                           should_stop=lambda: bool(drawn))  # cancelled once the first image is drawn
+    assert tr.run() == 0 and tr.stopped and drawn == [0] and not store.exists(tr.class_set.done_key)
+    tr.should_stop = lambda: bool(stop)
+    assert tr.run() == 2 and drawn == [0, 1] and tr.class_generated == 1  # the next try draws only the rest
+    assert store.exists(tr.class_set.done_key)
+    tr.close()
