@@ -314,4 +314,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-worker", action="store_true", help="run only the bot (workers run elsewhere)")
     p.add_argument("--no-bot", action="store_true", help="run only the workers (the bot runs elsewhere)")
     p.set_defaults(func=_up)
-    # `kitbooth doctor` is registered by kitbooth.doctor_cli: these set-up checks, then the consistency scan.
+    # `kitbooth doctor` is registered by bot.doctor_cli: these set-up checks, then the consistency scan.

@@ -48,7 +48,7 @@ COMMANDS: dict[str, Command] = {
     "worker": Command("gpu_worker.cli", "worker", "run the GPU worker (training and generation jobs from Redis)"),
     "bot": Command("bot.cli", "bot", "run the Discord bot"),
     "up": Command("bot.cli", "bot,worker", "run the bot and one worker per GPU, with a private Redis when needed (no Docker)"),
-    "doctor": Command("kitbooth.doctor_cli", "bot",
+    "doctor": Command("bot.doctor_cli", "bot",
                       "check the set-up, then scan the database, store and Redis for orphans (--fix repairs them)"),
     "backup": Command("kitbooth.backup_cli", "bot",
                       "back up the database (online) and a manifest of the store into DIR"),

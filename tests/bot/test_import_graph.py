@@ -127,7 +127,11 @@ def test_imports_at_module_top(name):
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_no_keyspace_scans(name):
     """No SCAN / KEYS / ZRANGE of the whole queue anywhere in bot/: cost per command stays independent of
-    everything else Redis holds (``benchmarks/bot_generate.py`` measures it)."""
+    everything else Redis holds (``benchmarks/bot_generate.py`` measures it). ``bot/doctor.py`` is the one
+    exception: ``kitbooth doctor``'s consistency scan is an operator command run from the CLI, never per command,
+    and scanning everything is its job."""
+    if name == "bot.doctor":
+        pytest.skip("kitbooth doctor's offline scan (an operator command, never in the bot's command path)")
     tree = ast.parse(MODULES[name].read_text("utf-8"))
     calls = [f"{n.func.attr} (line {n.lineno})" for n in ast.walk(tree)
              if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr in SCANS

@@ -28,7 +28,7 @@ async def scan_findings(settings, *, grace_s: float = 0.0) -> list[str]:
     from arq import create_pool
     from arq.connections import RedisSettings
 
-    from kitbooth.doctor import scan
+    from bot.doctor import scan
     from storage import open_store
     from storage.database import Database
 

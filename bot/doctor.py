@@ -36,7 +36,7 @@ from bot.jobs import arq_ids
 from gpu_worker import contract
 from storage import keys
 
-log = logging.getLogger("kitbooth.doctor")
+log = logging.getLogger(__name__)
 
 GRACE_S = 120.0  # rows younger than this may still be getting their files
 ARQ_MAX_TRIES = 3  # the most tries of any job kind (gpu_worker.worker's max_tries)

@@ -1,5 +1,5 @@
 """``kitbooth doctor [--fix]``: the set-up checks (``bot.cli``'s table), then the consistency scan of the database,
-the store and Redis (``kitbooth.doctor``): one line per finding, exit 1 when any; ``--fix`` repairs each one
+the store and Redis (``bot.doctor``): one line per finding, exit 1 when any; ``--fix`` repairs each one
 (logged) and exits 0 when every repair worked. ``--scan-only`` skips the set-up table (the reliability suites run
 it after each scenario)."""
 
@@ -16,7 +16,7 @@ from arq.connections import RedisSettings
 from redis.exceptions import RedisError
 
 from bot.cli import run_doctor
-from kitbooth.doctor import repair, scan
+from bot.doctor import repair, scan
 from kitbooth.errors import UserFacingError
 from kitbooth.settings import Settings, redis_unreachable
 from storage import open_store
