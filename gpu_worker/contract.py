@@ -21,7 +21,9 @@ from typing import Any, ClassVar, Literal, TypeVar
 from kitbooth import limits  # noqa: F401 - part of the contract (re-exported)
 from kitbooth.errors import PayloadError  # noqa: F401 - re-exported
 
-CONTRACT_VERSION = 1
+# 2: payloads carry the member's locale, DreamBooth's full_delta, squads. A payload from a newer bot is refused
+# by version (one clear line for the operator) before its unknown fields are.
+CONTRACT_VERSION = 2
 
 # --- job names (arq function names) ---------------------------------------------------------------
 TRAIN_JOB = "train_slice"
@@ -78,6 +80,10 @@ class _Wire:
         if not isinstance(data, dict):
             raise PayloadError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
+        version = data.get("version")
+        if "version" in names and isinstance(version, int) and version > CONTRACT_VERSION:
+            raise PayloadError(f"{cls.__name__}: contract version {version} is newer than this process's "
+                               f"{CONTRACT_VERSION}: upgrade it to the bot's and workers' release")
         unknown = set(data) - names
         if unknown:
             raise PayloadError(f"{cls.__name__}: unknown fields {sorted(unknown)}")

@@ -84,3 +84,16 @@ def test_concept_whose_trigger_names_a_slot_token_is_refused(tokens):
 @pytest.mark.parametrize("tokens", [["<kb-face-0>", "<kb-face-1>"], ["ohwx"], ["<arsenal-0>"], []])
 def test_ordinary_triggers_pass(tokens):
     check_concept_tokens(SimpleNamespace(tokens=tokens))
+
+
+def test_a_payload_from_a_newer_release_is_refused_by_its_version_and_an_older_one_still_reads():
+    from kitbooth.errors import PayloadError
+
+    data = _p().to_dict()
+    assert data["version"] == contract.CONTRACT_VERSION
+    newer = {**data, "version": contract.CONTRACT_VERSION + 1, "some_new_field": 1}
+    with pytest.raises(PayloadError, match="contract version .* newer than this process's .*upgrade"):
+        contract.GeneratePayload.from_dict(newer)
+    older = {**data, "version": 1}
+    del older["target"]["locale"]  # version 1 had no locale: it reads as English
+    assert contract.GeneratePayload.from_dict(older).target.locale == "en-US"
