@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import discord
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix, retry_key_prefix
+from arq.constants import in_progress_key_prefix
 
 from bot import cancel, jobs, squad_forget
 from bot.translator import locale_of
@@ -97,11 +97,6 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def _arq_keys_of(user_jobs: list[Job]) -> list[str]:
-    """arq's keys (job, retry, result) of these DB jobs, by name from the ids the rows hold (train slices too)."""
-    return [prefix + arq_id for job in user_jobs for arq_id in jobs.arq_ids(job)
-            for prefix in (job_key_prefix, retry_key_prefix, result_key_prefix)] + [
-        contract.delivered_key(job.id) for job in user_jobs]  # the worker's "posted" mark (ids and keys)
 
 
 async def _running_job_ids(services: Services, user_jobs: list[Job]) -> set[int]:
@@ -153,13 +148,18 @@ def jump_link(guild_id: int | None, channel_id: int, message_id: int) -> str:
     return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
 
 
-async def _delete_messages(services: Services, client: discord.Client | None, user_id: int,
-                           user_jobs: list[Job]) -> tuple[int, list[str]]:
-    """Delete every recorded message of the user; (deleted or already gone, jump links of those that stay)."""
+async def _messages_of(services: Services, user_id: int, user_jobs: list[Job]) -> dict[tuple[int, int], int | None]:
+    """Every recorded message of the user and of their jobs: (channel id, message id) → guild id."""
     found = {(m.channel_id, m.message_id): m.guild_id for m in await services.db.list_messages(user_id)}
     for job in user_jobs:
         if job.channel_id and job.message_id:
             found.setdefault((job.channel_id, job.message_id), job.guild_id)
+    return found
+
+
+async def _delete_messages(client: discord.Client | None,
+                           found: dict[tuple[int, int], int | None]) -> tuple[int, list[str]]:
+    """Delete these messages; (deleted or already gone, jump links of those that stay)."""
     if client is None:
         return 0, [jump_link(g, c, m) for (c, m), g in found.items()]
     n, stayed = 0, []
@@ -194,15 +194,16 @@ async def forget_user(services: Services, user_id: int, *, client: discord.Clien
     cancelled = await cancel.cancel_user(services, user_id, reason="forgotten")
     report.cancelled_jobs = len(active | set(cancelled.removed) | set(cancelled.aborting) | set(cancelled.flagged))
 
-    # 1b. Every squad photo they are in, whoever asked for it (bot.squad_forget): picture, job, messages.
-    squad_messages = await squad_forget.forget_member(services, user_id, client)
+    # 1b. Every squad photo they are in, whoever asked for it (bot.squad_forget): picture and job now, its
+    #     messages with theirs in step 3.
+    squad_messages = await squad_forget.forget_member(services, user_id)
 
     # 2. Server catalogue entries they created stay with the server.
     report.detached = await db.detach_user_catalogue(user_id)
 
     # 3. Every message that shows their face, images or prompt.
-    report.discord_messages, report.undeleted = await _delete_messages(services, client, user_id, user_jobs)
-    report.discord_messages += squad_messages
+    found = {**squad_messages, **await _messages_of(services, user_id, user_jobs)}
+    report.discord_messages, report.undeleted = await _delete_messages(client, found)
 
     # 4. Artifacts (one prefix holds everything of a user).
     prefix = keys.user_prefix(user_id)
@@ -216,7 +217,8 @@ async def forget_user(services: Services, user_id: int, *, client: discord.Clien
     # 6. Redis, by name: arq's keys of their jobs, their events, the cancel flags (kept while a job still runs).
     running = await _running_job_ids(services, user_jobs)
     report.still_running = len(running)
-    stale = _arq_keys_of(user_jobs) + [contract.cancel_job_key(j.id) for j in user_jobs if j.id not in running]
+    stale = [k for j in user_jobs for k in jobs.redis_keys(j)]
+    stale += [contract.cancel_job_key(j.id) for j in user_jobs if j.id not in running]
     stale += [contract.train_slice_key(j.id) for j in user_jobs if j.kind == "train" and j.id not in running]
     if not running:
         stale.append(contract.cancel_user_key(user_id))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
-from arq.constants import result_key_prefix
+from arq.constants import job_key_prefix, result_key_prefix, retry_key_prefix
 from arq.jobs import Job as ArqJob
 from arq.jobs import JobStatus
 
@@ -76,6 +76,12 @@ def arq_ids(job: Job) -> list[str]:
     if first not in ids:
         ids.append(first)
     return ids
+
+
+def redis_keys(job: Job) -> list[str]:
+    """arq's keys (job, retry, result) of every attempt of ``job``, by name, and the worker's delivered mark."""
+    return [prefix + arq_id for arq_id in arq_ids(job)
+            for prefix in (job_key_prefix, retry_key_prefix, result_key_prefix)] + [contract.delivered_key(job.id)]
 
 
 async def enqueue(services: Services, job: Job, payload: Any) -> bool:

@@ -193,3 +193,15 @@ async def test_one_members_forget_deletes_the_squad_picture_and_its_messages_aft
     assert not s.store.exists(key) and await s.db.get_job(job.id) is None
     assert await s.db.squads_with(bob.id) == [] and await s.db.squads_with(alice.id) == []
     assert await s.db.ready_face(alice.id) is not None  # Alice's own face stays hers
+
+
+async def test_a_squad_message_discord_refuses_to_delete_is_named_by_forget(arena):
+    s, alice, bob, ch = arena.services, arena.alice, arena.bob, arena.channel
+    await _faces(s, alice, bob)
+    await alice.slash(ch, "squad", prompt="on the open-top bus", kit=KIT, member1=bob)
+    invite = _invite(arena, bob)  # shows alice's prompt and names bob
+    arena.env.inject_error("DELETE", f"/channels/*/messages/{invite.id}", status=503, times=None)
+    shown = await bob.slash(ch, "forget")
+    done = await bob.click(shown.response, label="Delete everything")
+    assert f"/{invite.id}" in done.response.content, done.response.content  # a jump link to delete it by hand
+    assert invite.id in {m.id for m in ch.history()} and await s.db.squads_with(bob.id) == []
